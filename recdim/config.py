@@ -1,0 +1,240 @@
+"""Typed configs for every recdim command. One TOML file can hold all sections of an experiment.
+
+Unknown keys are errors (see :mod:`recdim.config_io`); command-line ``--set a.b=v`` overrides apply
+before validation.
+
+Example::
+
+    cfg = load_config(Config, "configs/ml100k_rating.toml", ["train.epochs=2"])
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal, Optional, Tuple
+
+from recdim.config_io import ConfigError, load_config  # noqa: F401  (re-exported)
+
+ARCHES = ("dlrm", "deepfm", "fm", "wide_deep", "mf", "mlp", "neumf")
+
+
+@dataclass(frozen=True)
+class TabularFieldConfig:
+    """One column of a generic CSV/Parquet input.
+
+    Args:
+        name: column name in the file.
+        kind: ``categorical``, ``multi_categorical`` (values joined by ``separator``) or ``numerical``.
+        separator: separator inside a multi-categorical cell.
+    """
+
+    name: str
+    kind: Literal["categorical", "multi_categorical", "numerical"]
+    separator: str = "|"
+
+
+@dataclass(frozen=True)
+class TabularConfig:
+    """Schema of a generic CSV or Parquet input (``prepare.source = "tabular"``).
+
+    Args:
+        fields: the feature columns.
+        label: label column.
+        label_kind: ``binary`` or ``rating``.
+        time_column: optional column used by ``split_by = "time"``.
+        delimiter: CSV delimiter.
+    """
+
+    fields: Tuple[TabularFieldConfig, ...] = ()
+    label: str = "label"
+    label_kind: Literal["binary", "rating"] = "binary"
+    time_column: str = ""
+    delimiter: str = ","
+
+
+@dataclass(frozen=True)
+class SyntheticConfig:
+    """Criteo-shaped synthetic data with a planted teacher (``prepare.source = "synthetic"``).
+
+    Each field f has a strength ``s_f`` (0 = noise) and a true embedding rank ``r_f``; labels are drawn
+    from a teacher built on those, so a good dimension search gives more dimensions to strong,
+    high-rank fields.
+
+    Args:
+        rows: number of rows generated.
+        num_dense: number of numerical (dense) columns.
+        cardinalities: vocabulary size per categorical field.
+        strengths: predictive strength per field (same length as ``cardinalities``), 0 for noise.
+        ranks: true embedding rank per field (same length).
+        zipf: Zipf exponent of id popularity.
+        teacher_dim: width of the teacher's interaction space.
+        seed: generator seed; the same seed gives the same rows.
+    """
+
+    rows: int = 200_000
+    num_dense: int = 4
+    cardinalities: Tuple[int, ...] = (2000, 2000, 1000, 1000, 500, 500, 200, 200)
+    strengths: Tuple[float, ...] = (1.0, 1.0, 0.7, 0.7, 0.4, 0.0, 0.0, 0.0)
+    ranks: Tuple[int, ...] = (8, 8, 4, 4, 2, 2, 2, 2)
+    zipf: float = 1.1
+    teacher_dim: int = 8
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class PrepareConfig:
+    """``recdim prepare``: raw files -> Parquet shards + stats.
+
+    Args:
+        source: reader to use.
+        input: raw file or directory (unused for ``synthetic``).
+        output: output directory of the prepared dataset.
+        task: for MovieLens, ``rating`` (regression) or ``ctr`` (rating >= 4 positive, <= 2 negative,
+            3 dropped).
+        min_count: categorical values seen fewer times in the train split map to the field's OOV id.
+        split: train / val / test fractions.
+        split_by: ``random`` (seeded) or ``time`` (where the data has a timestamp).
+        numerical: how numerical fields become features: ``bucketize`` (v > 2 -> floor(ln(v)^2), a
+            categorical id), ``dense`` (dense feature), ``weighted`` (field embedding times value).
+        seed: split seed.
+        chunk_rows: rows read per chunk (bounds memory).
+        rows_per_shard: rows per Parquet shard.
+        max_bad_rows: malformed rows to skip and count; 0 means the first one is an error.
+        tabular: schema of a generic CSV / Parquet input.
+        synthetic: synthetic generator settings.
+    """
+
+    source: Literal["movielens", "criteo", "avazu", "tabular", "synthetic"] = "synthetic"
+    input: str = ""
+    output: str = "data/prepared"
+    task: Literal["rating", "ctr"] = "rating"
+    min_count: int = 10
+    split: Tuple[float, float, float] = (0.8, 0.1, 0.1)
+    split_by: Literal["random", "time"] = "random"
+    numerical: Literal["bucketize", "dense", "weighted"] = "bucketize"
+    seed: int = 0
+    chunk_rows: int = 500_000
+    rows_per_shard: int = 1_000_000
+    max_bad_rows: int = 0
+    tabular: TabularConfig = field(default_factory=TabularConfig)
+    synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
+
+    def __post_init__(self) -> None:
+        if abs(sum(self.split) - 1.0) > 1e-6 or min(self.split) < 0:
+            raise ValueError(f"split must be three non-negative fractions summing to 1, got {self.split}")
+        if self.min_count < 1:
+            raise ValueError(f"min_count must be >= 1, got {self.min_count}")
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Which prepared dataset to train on.
+
+    Args:
+        path: prepared dataset directory; empty means ``prepare.output``.
+        features: sparse fields fed to the model (in order); empty means all.
+    """
+
+    path: str = ""
+    features: Tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """The interaction arch and the embedding width K shared by all features.
+
+    Args:
+        arch: one of ``dlrm``, ``deepfm``, ``fm``, ``wide_deep``, ``mf``, ``mlp``, ``neumf``.
+        embedding_dim: K, the common width every provider returns.
+        mlp: hidden sizes of the deep part (DLRM's top MLP, DeepFM / W&D / MLP / NeuMF deep tower).
+        bottom_mlp: DLRM bottom MLP hidden sizes (its last layer is K wide).
+        dropout: dropout in the deep parts.
+        pooling: ``sum`` or ``mean`` pooling of multi-valued bags.
+    """
+
+    arch: Literal["dlrm", "deepfm", "fm", "wide_deep", "mf", "mlp", "neumf"] = "dlrm"
+    embedding_dim: int = 16
+    mlp: Tuple[int, ...] = (64, 32)
+    bottom_mlp: Tuple[int, ...] = (32,)
+    dropout: float = 0.0
+    pooling: Literal["sum", "mean"] = "sum"
+
+    def __post_init__(self) -> None:
+        if self.embedding_dim <= 0 or self.embedding_dim % 4:
+            raise ValueError(
+                f"embedding_dim must be a positive multiple of 4 (FBGEMM's TBE), got {self.embedding_dim}"
+            )
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """The training loop.
+
+    Args:
+        epochs: maximum epochs.
+        batch_size: global batch size (split across ranks).
+        eval_batch_size: batch size for validation / test.
+        lr: learning rate of the dense parts (Adam).
+        weight_decay: weight decay of the dense parts.
+        embedding_optimizer: fused table optimizer. The CPU fused kernel supports ``rowwise_adagrad``,
+            ``adagrad`` and ``sgd``; ``adam`` runs fused on GPU and on the dense kernel on CPU.
+        embedding_lr: learning rate of the tables.
+        patience: epochs without validation improvement before early stopping (0 disables it).
+        max_steps: stop after this many steps in total (0 = no limit).
+        seed: seed of initialisation and data order.
+        device: ``cpu``, ``cuda`` or ``auto``.
+        sharding: ``table_wise``, ``row_wise``, ``column_wise`` or ``auto`` (TorchRec's planner picks).
+        log_every: steps between progress updates.
+        progress: show a progress bar with samples/s.
+        init_std: tables are initialised N(0, init_std^2) deterministically per (seed, table, row).
+    """
+
+    epochs: int = 5
+    batch_size: int = 512
+    eval_batch_size: int = 8192
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    embedding_optimizer: Literal["rowwise_adagrad", "adagrad", "sgd", "adam"] = "rowwise_adagrad"
+    embedding_lr: float = 0.05
+    patience: int = 2
+    max_steps: int = 0
+    seed: int = 0
+    device: Literal["cpu", "cuda", "auto"] = "auto"
+    sharding: Literal["table_wise", "row_wise", "column_wise", "auto"] = "table_wise"
+    log_every: int = 50
+    progress: bool = True
+    init_std: float = 0.05
+
+    def __post_init__(self) -> None:
+        if self.epochs < 1 or self.batch_size < 1:
+            raise ValueError("epochs and batch_size must be >= 1")
+
+
+@dataclass(frozen=True)
+class Config:
+    """A whole experiment: prepare, data, model and train sections (all optional in the file).
+
+    Example::
+
+        [prepare]
+        source = "movielens"
+        input = "../shared/datasets/ml-100k"
+        output = "data/ml100k-rating"
+
+        [model]
+        arch = "mf"
+    """
+
+    prepare: PrepareConfig = field(default_factory=PrepareConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    @property
+    def data_path(self) -> str:
+        return self.data.path or self.prepare.output
+
+
+def load(path: Optional[str], overrides: Tuple[str, ...] = ()) -> Config:
+    """Loads a :class:`Config` from a TOML file plus overrides."""
+    return load_config(Config, path, overrides)

@@ -1,0 +1,1 @@
+"""Datasets: schema, raw readers, preprocessing, synthetic generator and the Batch loader."""

@@ -1,0 +1,1 @@
+"""Artifact writer / reader and the serving model."""

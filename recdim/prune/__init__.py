@@ -1,0 +1,1 @@
+"""Masks at a budget and the mixed-dimension table planner."""

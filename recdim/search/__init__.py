@@ -1,0 +1,1 @@
+"""Search-method drivers (DNIS / AutoSrh, PEP, AutoDim) and baselines."""

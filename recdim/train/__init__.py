@@ -1,0 +1,1 @@
+"""Training: loop, distributed setup (DMP, planner, sharders), metrics and run directories."""
