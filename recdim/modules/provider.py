@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import abc
-from typing import List, Sequence
+import contextlib
+from typing import Iterator, List, Sequence
 
 import torch
 from torch import nn
@@ -34,6 +35,7 @@ class EmbeddingProvider(nn.Module, abc.ABC):
             raise ValueError("an embedding provider needs at least one feature")
         self._feature_names: List[str] = list(feature_names)
         self._embedding_dim = int(embedding_dim)
+        self._tables_frozen = False
 
     @property
     def feature_names(self) -> List[str]:
@@ -46,6 +48,29 @@ class EmbeddingProvider(nn.Module, abc.ABC):
     @abc.abstractmethod
     def forward(self, features: KeyedJaggedTensor) -> KeyedTensor:
         ...
+
+    def arch_parameters(self) -> List[nn.Parameter]:
+        """The method's architecture parameters (DNIS alpha, AutoDim weights), trained on validation
+        batches by the search driver and never by the training optimizer. Empty by default."""
+        return []
+
+    @contextlib.contextmanager
+    def frozen_tables(self) -> Iterator[None]:
+        """Within this context the table lookups are cut from autograd.
+
+        The fused optimizer updates a table during backward, so an architecture step on a validation
+        batch must not backpropagate into the tables. Providers call :meth:`table_output` on what their
+        tables return.
+        """
+        prev, self._tables_frozen = self._tables_frozen, True
+        try:
+            yield
+        finally:
+            self._tables_frozen = prev
+
+    def table_output(self, values: torch.Tensor) -> torch.Tensor:
+        """``values`` detached while tables are frozen, else unchanged."""
+        return values.detach() if self._tables_frozen else values
 
     @abc.abstractmethod
     def embedding_params(self) -> int:

@@ -1,0 +1,66 @@
+"""Builds the interaction arch named by a :class:`~recdim.config.ModelConfig`."""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+from recdim.config import ARCHES, ModelConfig
+from recdim.models.base import InteractionArch
+from recdim.models.deepfm import DeepFMArch
+from recdim.models.dlrm import DLRMArch
+from recdim.models.fm import FMArch
+from recdim.models.mf import MFArch
+from recdim.models.mlp import MLPArch
+from recdim.models.neumf import NeuMFArch
+from recdim.models.wide_deep import WideDeepArch
+
+
+def build_arch(
+    cfg: ModelConfig,
+    feature_names: Sequence[str],
+    num_dense: int,
+    init_bias: float = 0.0,
+) -> InteractionArch:
+    """The arch ``cfg.arch`` over ``feature_names`` (F features, K = ``cfg.embedding_dim``) and D dense.
+
+    Args:
+        cfg: arch name, K, MLP widths and dropout.
+        feature_names: the F sparse features, in the order the provider returns them. MF and NeuMF
+            read the first two as user and item.
+        num_dense: D (0 for none).
+        init_bias: initial output bias (e.g. the mean training rating, or the base-rate logit).
+
+    Returns:
+        InteractionArch: maps (dense [B, D], KeyedTensor [B, F * K]) to [B].
+
+    Raises:
+        ValueError: unknown arch, or MF / NeuMF with fewer than two features.
+
+    Example::
+
+        arch = build_arch(ModelConfig(arch="mf", embedding_dim=16), ["user", "item"], 0, init_bias=3.5)
+    """
+    names = list(feature_names)
+    k = cfg.embedding_dim
+    arch = cfg.arch
+    if arch not in ARCHES:
+        raise ValueError(f"unknown arch {arch!r}; expected one of {list(ARCHES)}")
+    if not names:
+        raise ValueError(f"arch {arch!r} needs at least one sparse feature")
+    if arch in ("mf", "neumf") and len(names) < 2:
+        raise ValueError(
+            f"arch {arch!r} needs two features (user, item), got {len(names)}: {names}"
+        )
+    if arch == "dlrm":
+        return DLRMArch(names, k, num_dense, cfg.bottom_mlp, cfg.mlp, cfg.dropout, init_bias)
+    if arch == "deepfm":
+        return DeepFMArch(names, k, num_dense, cfg.mlp, cfg.dropout, init_bias)
+    if arch == "fm":
+        return FMArch(names, k, num_dense, init_bias)
+    if arch == "wide_deep":
+        return WideDeepArch(names, k, num_dense, cfg.mlp, cfg.dropout, init_bias)
+    if arch == "mf":
+        return MFArch(names, k, num_dense, init_bias)
+    if arch == "mlp":
+        return MLPArch(names, k, num_dense, cfg.mlp, cfg.dropout, init_bias)
+    return NeuMFArch(names, k, num_dense, cfg.mlp, cfg.dropout, init_bias)

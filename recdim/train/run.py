@@ -1,0 +1,119 @@
+"""``recdim train``: prepared data + config -> trained model, metrics and ``results.json``."""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Optional, Sequence
+
+from recdim.config import Config
+from recdim.config_io import to_dict
+from recdim.data.loader import EvalLoader, TrainLoader
+from recdim.data.prepared import PreparedDataset, SplitArrays
+from recdim.models.rec_model import RecModel
+from recdim.train.build import ProviderFactory, build_model, uniform_provider
+from recdim.train.distributed import DistContext, build_optimizer, init_distributed, shard_model
+from recdim.train.hooks import StepHook
+from recdim.train.init import init_tables
+from recdim.train.results import peak_memory, write_json
+from recdim.train.trainer import Trainer
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Session:
+    """Everything a training command holds: data, the sharded model, its trainer and loaders."""
+
+    cfg: Config
+    ctx: DistContext
+    dataset: PreparedDataset
+    features: List[str]
+    splits: Dict[str, SplitArrays]
+    model: RecModel
+    dmp: Any
+    trainer: Trainer
+    train_loader: TrainLoader
+    val_loader: EvalLoader
+
+    def eval_loader(self, split: str) -> EvalLoader:
+        weighted = self.dataset.schema.is_weighted
+        return EvalLoader(self.splits[split], self.features, self.cfg.train.eval_batch_size, self.ctx.rank, self.ctx.world_size, weighted)
+
+
+def open_session(
+    cfg: Config,
+    provider_factory: ProviderFactory = uniform_provider,
+    hooks: Callable[["Session"], Sequence[StepHook]] = lambda s: (),
+) -> Session:
+    """Loads data, builds and shards the model, initialises tables and makes the trainer.
+
+    Args:
+        cfg: the experiment config.
+        provider_factory: which embedding provider to build (the uniform baseline by default).
+        hooks: builds the step hooks once the session exists (search methods use this).
+    """
+    ctx = init_distributed(cfg.train.device)
+    ds = PreparedDataset(cfg.data_path)
+    features = ds.feature_names(cfg.data.features)
+    splits = {s: ds.load_split(s, features) for s in ("train", "val", "test")}
+    model = build_model(cfg, ds, features, splits["train"], provider_factory)
+    dmp = shard_model(model, cfg.train, ctx)
+    init_tables(dmp, cfg.train.seed, cfg.train.init_std)
+    optimizer = build_optimizer(dmp, cfg.train, ctx)
+    weighted = ds.schema.is_weighted
+    train_loader = TrainLoader(splits["train"], features, cfg.train.batch_size, ctx.rank, ctx.world_size, cfg.train.seed, weighted)
+    val_loader = EvalLoader(splits["val"], features, cfg.train.eval_batch_size, ctx.rank, ctx.world_size, weighted)
+    trainer = Trainer(dmp, optimizer, ds.schema.label, cfg.train, ctx)
+    session = Session(cfg, ctx, ds, features, splits, model, dmp, trainer, train_loader, val_loader)
+    trainer.hooks = list(hooks(session))
+    return session
+
+
+def train_and_evaluate(session: Session, out_dir: Optional[Path], extra: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
+    """Trains with validation-only model selection, reads test once, writes ``results.json`` (rank 0)."""
+    t0 = time.perf_counter()
+    trainer = session.trainer
+    untrained_val = trainer.evaluate(session.val_loader)
+    fit = trainer.fit(session.train_loader, session.val_loader)
+    test = trainer.evaluate(session.eval_loader("test"))
+    provider = session.model.provider
+    results: Dict[str, Any] = {
+        "val": fit.best_val,
+        "test": test,
+        "untrained_val": untrained_val,
+        "params": provider.embedding_params(),
+        "bytes": provider.embedding_bytes(),
+        "best_epoch": fit.best_epoch,
+        "epochs_run": len(fit.history),
+        "steps": fit.steps,
+        "train_time_s": fit.train_time_s,
+        "samples_per_s": fit.samples_per_s,
+        "wall_time_s": time.perf_counter() - t0,
+        "world_size": session.ctx.world_size,
+        "device": str(session.ctx.device),
+        "features": session.features,
+        "memory": peak_memory(),
+        "history": fit.history,
+        "search": {k: v for h in trainer.hooks for k, v in h.state().items()},
+        "config": to_dict(session.cfg),
+        "dataset": str(session.dataset.path),
+    }
+    if extra:
+        results.update(extra)
+    if out_dir is not None and session.ctx.is_main:
+        write_json(Path(out_dir) / "results.json", results)
+    return results
+
+
+def run_train(cfg: Config, out_dir: Optional[Path]) -> Dict[str, Any]:
+    """The uniform-dimension baseline, end to end.
+
+    Example::
+
+        results = run_train(load("configs/ml100k_rating.toml"), Path("runs/mf"))
+        results["test"]["mse"]
+    """
+    return train_and_evaluate(open_session(cfg), out_dir)

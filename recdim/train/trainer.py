@@ -1,0 +1,178 @@
+"""The training loop: one code path for one process or many, with validation-only model selection."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Optional, Sequence
+
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from recdim.config import TrainConfig
+from recdim.data.loader import EvalLoader, TrainLoader
+from recdim.data.schema import LabelKind
+from recdim.train.distributed import DistContext
+from recdim.train.hooks import StepHook
+from recdim.train.init import restore, snapshot
+from recdim.train.metrics import compute_metrics, gather
+
+
+def primary_metric(label_kind: LabelKind) -> tuple[str, bool]:
+    """``(name, higher_is_better)`` of the metric used for model selection and early stopping."""
+    return ("auc", True) if label_kind == LabelKind.BINARY else ("mse", False)
+
+
+@dataclass
+class FitResult:
+    """What :meth:`Trainer.fit` saw: per-epoch history, the best validation epoch and its metrics."""
+
+    history: List[Dict[str, Any]] = field(default_factory=list)
+    best_epoch: int = -1
+    best_val: Dict[str, float] = field(default_factory=dict)
+    steps: int = 0
+    train_time_s: float = 0.0
+    samples: int = 0
+
+    @property
+    def samples_per_s(self) -> float:
+        return self.samples / self.train_time_s if self.train_time_s > 0 else 0.0
+
+
+class Trainer:
+    """Trains a (sharded) model with its combined optimizer; evaluates globally over whole splits.
+
+    Each step: forward on this rank's part of the global batch, mean loss, backward (the fused table
+    optimizer updates the tables during backward), then one step of the dense optimizer. After every
+    epoch the validation split is scored globally (AUC / logloss, or MSE); the best epoch's state is kept
+    and restored at the end, and training stops after ``patience`` epochs without improvement. Test is
+    never read here.
+
+    Args:
+        model: the DistributedModelParallel model; called as ``model(dense, kjt) -> [B]``.
+        optimizer: optimizer for the parameters not trained in backward.
+        label_kind: picks the loss (BCE with logits, or MSE) and the metrics.
+        cfg: epochs, patience, max steps, progress.
+        ctx: the process group.
+        hooks: search-method hooks (see :class:`StepHook`).
+
+    Example::
+
+        trainer = Trainer(dmp, build_optimizer(dmp, cfg.train, ctx), LabelKind.BINARY, cfg.train, ctx)
+        result = trainer.fit(train_loader, val_loader)
+        test_metrics = trainer.evaluate(test_loader)
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        optimizer: torch.optim.Optimizer,
+        label_kind: LabelKind,
+        cfg: TrainConfig,
+        ctx: DistContext,
+        hooks: Sequence[StepHook] = (),
+    ) -> None:
+        self.model = model
+        self.optimizer = optimizer
+        self.label_kind = label_kind
+        self.cfg = cfg
+        self.ctx = ctx
+        self.hooks = list(hooks)
+        self.loss_fn: nn.Module = nn.BCEWithLogitsLoss() if label_kind == LabelKind.BINARY else nn.MSELoss()
+        self.global_step = 0
+        self.epoch = 0
+
+    def loss(self, batch: Any) -> torch.Tensor:
+        """Mean loss of this rank's part of a batch."""
+        batch = batch.to(self.ctx.device)
+        out = self.model(batch.dense_features, batch.sparse_features)
+        return self.loss_fn(out, batch.labels)
+
+    def train_step(self, batch: Any) -> float:
+        self.model.train()
+        self.optimizer.zero_grad()
+        loss = self.loss(batch)
+        loss.backward()
+        self.optimizer.step()
+        self.global_step += 1
+        return float(loss.detach())
+
+    @torch.no_grad()
+    def predict(self, loader: EvalLoader) -> tuple[torch.Tensor, torch.Tensor]:
+        """Outputs and labels of every row of the split, gathered from all ranks (float64)."""
+        self.model.eval()
+        outs, labels = [], []
+        for batch, n_valid in loader:
+            batch = batch.to(self.ctx.device)
+            out = self.model(batch.dense_features, batch.sparse_features)
+            outs.append(out[:n_valid].double().cpu())
+            labels.append(batch.labels[:n_valid].double().cpu())
+        out_t = torch.cat(outs) if outs else torch.zeros(0, dtype=torch.float64)
+        lab_t = torch.cat(labels) if labels else torch.zeros(0, dtype=torch.float64)
+        return gather(out_t), gather(lab_t)
+
+    def evaluate(self, loader: EvalLoader) -> Dict[str, float]:
+        """Global metrics over the whole split (identical on every rank)."""
+        outputs, labels = self.predict(loader)
+        return compute_metrics(self.label_kind, labels, outputs)
+
+    def _better(self, a: float, b: Optional[float]) -> bool:
+        _, higher = primary_metric(self.label_kind)
+        return b is None or (a > b if higher else a < b)
+
+    def fit(self, train: TrainLoader, val: EvalLoader) -> FitResult:
+        """Trains up to ``cfg.epochs`` epochs with early stopping on validation; restores the best state."""
+        name, _ = primary_metric(self.label_kind)
+        result = FitResult()
+        best_state = None
+        best_value: Optional[float] = None
+        stale = 0
+        for hook in self.hooks:
+            hook.on_train_start(self)
+        total = len(train) * self.cfg.epochs
+        if self.cfg.max_steps:
+            total = min(total, self.cfg.max_steps)
+        bar = tqdm(total=total * train.batch_size, unit="samples", unit_scale=True, disable=not (self.cfg.progress and self.ctx.is_main), dynamic_ncols=True)
+        stop = False
+        for epoch in range(self.cfg.epochs):
+            self.epoch = epoch
+            t0 = time.perf_counter()
+            losses: List[float] = []
+            for batch in train.epoch(epoch):
+                losses.append(self.train_step(batch))
+                for hook in self.hooks:
+                    hook.after_step(self, self.global_step, batch)
+                bar.update(train.batch_size)
+                if self.global_step % max(1, self.cfg.log_every) == 0:
+                    bar.set_postfix(epoch=epoch, loss=f"{sum(losses[-50:]) / len(losses[-50:]):.4f}")
+                if self.cfg.max_steps and self.global_step >= self.cfg.max_steps:
+                    stop = True
+                    break
+                if any(h.should_stop(self) for h in self.hooks):
+                    stop = True
+                    break
+            result.train_time_s += time.perf_counter() - t0
+            result.samples += len(losses) * train.batch_size
+            val_metrics = self.evaluate(val)
+            for hook in self.hooks:
+                hook.on_epoch_end(self, epoch, val_metrics)
+            entry = {"epoch": epoch, "steps": self.global_step, "train_loss": sum(losses) / max(1, len(losses)), "val": val_metrics}
+            result.history.append(entry)
+            if self.ctx.is_main and self.cfg.progress:
+                bar.write(f"epoch {epoch}: train_loss {entry['train_loss']:.4f} " + " ".join(f"val_{k} {v:.4f}" for k, v in val_metrics.items()))
+            if self._better(val_metrics[name], best_value):
+                best_value, result.best_epoch, result.best_val = val_metrics[name], epoch, val_metrics
+                best_state = snapshot(self.model)
+                stale = 0
+            else:
+                stale += 1
+                if self.cfg.patience and stale >= self.cfg.patience:
+                    break
+            if stop:
+                break
+        bar.close()
+        if best_state is not None:
+            restore(self.model, best_state)
+        result.steps = self.global_step
+        return result
