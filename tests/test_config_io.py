@@ -1,0 +1,49 @@
+import pytest
+
+from recdim.config import Config, load
+from recdim.config_io import ConfigError
+
+
+def write(tmp_path, text):
+    p = tmp_path / "c.toml"
+    p.write_text(text)
+    return str(p)
+
+
+def test_defaults_and_overrides(tmp_path):
+    cfg = load(write(tmp_path, '[model]\narch = "mf"\n'), ("train.epochs=3", "model.mlp=[8, 4]"))
+    assert cfg.model.arch == "mf" and cfg.train.epochs == 3 and cfg.model.mlp == (8, 4)
+    assert isinstance(cfg, Config)
+
+
+def test_unknown_key_names_file_and_key(tmp_path):
+    path = write(tmp_path, "[train]\nepochz = 3\n")
+    with pytest.raises(ConfigError, match=r"c\.toml.*train\.epochz"):
+        load(path)
+
+
+def test_unknown_section_is_an_error(tmp_path):
+    with pytest.raises(ConfigError, match="trian"):
+        load(write(tmp_path, "[trian]\nepochs = 3\n"))
+
+
+def test_wrong_type_names_key(tmp_path):
+    with pytest.raises(ConfigError, match=r"train\.epochs.*integer"):
+        load(write(tmp_path, '[train]\nepochs = "three"\n'))
+
+
+def test_bad_literal_and_validation(tmp_path):
+    with pytest.raises(ConfigError, match="model.arch"):
+        load(None, ("model.arch=transformer",))
+    with pytest.raises(ConfigError, match="multiple of 4"):
+        load(None, ("model.embedding_dim=6",))
+
+
+def test_toml_syntax_error_names_file_and_line(tmp_path):
+    with pytest.raises(ConfigError, match=r"c\.toml.*line 2"):
+        load(write(tmp_path, "[train]\nepochs = = 3\n"))
+
+
+def test_missing_file(tmp_path):
+    with pytest.raises(ConfigError, match="not found"):
+        load(str(tmp_path / "nope.toml"))
