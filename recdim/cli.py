@@ -6,6 +6,7 @@ import argparse
 import json
 import logging
 import sys
+import warnings
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
 
@@ -80,9 +81,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    for noisy in ("torchrec", "torch.distributed", "fbgemm_gpu"):
-        logging.getLogger(noisy).setLevel(logging.ERROR)
+    # FBGEMM and TorchRec log every table build at INFO on the root logger; keep ours only.
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger("recdim").setLevel(logging.DEBUG if args.verbose else logging.INFO)
+    logging.getLogger("torchrec").setLevel(logging.DEBUG if args.verbose else logging.ERROR)
+    warnings.filterwarnings("ignore", category=UserWarning)
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    warnings.filterwarnings("ignore", category=DeprecationWarning)
     try:
         cfg = load(args.config, tuple(args.overrides))
     except ConfigError as e:
@@ -92,6 +97,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     try:
         return fn(cfg, args)
     except (ConfigError, FileNotFoundError, ValueError) as e:
+        if args.verbose:
+            raise
         print(f"recdim {args.command}: error: {e}", file=sys.stderr)
         return 1
     finally:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 import time
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Sequence
@@ -133,7 +134,7 @@ class Trainer:
         total = len(train) * self.cfg.epochs
         if self.cfg.max_steps:
             total = min(total, self.cfg.max_steps)
-        bar = tqdm(total=total * train.batch_size, unit="samples", unit_scale=True, disable=not (self.cfg.progress and self.ctx.is_main), dynamic_ncols=True)
+        bar = tqdm(total=total * train.batch_size, unit="samples", unit_scale=True, disable=not (self.cfg.progress and self.ctx.is_main and sys.stderr.isatty()), dynamic_ncols=True)
         stop = False
         for epoch in range(self.cfg.epochs):
             self.epoch = epoch
@@ -160,7 +161,13 @@ class Trainer:
             entry = {"epoch": epoch, "steps": self.global_step, "train_loss": sum(losses) / max(1, len(losses)), "val": val_metrics}
             result.history.append(entry)
             if self.ctx.is_main and self.cfg.progress:
-                bar.write(f"epoch {epoch}: train_loss {entry['train_loss']:.4f} " + " ".join(f"val_{k} {v:.4f}" for k, v in val_metrics.items()))
+                rate = len(losses) * train.batch_size / max(1e-9, time.perf_counter() - t0)
+                bar.write(
+                    f"epoch {epoch}: train_loss {entry['train_loss']:.4f} "
+                    + " ".join(f"val_{k} {v:.4f}" for k, v in val_metrics.items())
+                    + f" ({rate:,.0f} samples/s)",
+                    file=sys.stderr,
+                )
             if self._better(val_metrics[name], best_value):
                 best_value, result.best_epoch, result.best_val = val_metrics[name], epoch, val_metrics
                 best_state = snapshot(self.model)
