@@ -47,6 +47,16 @@ def cmd_train(cfg: Config, args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_search(cfg: Config, args: argparse.Namespace) -> int:
+    from recdim.search.run import run_search
+
+    results = run_search(cfg, Path(args.out), method=args.method)
+    if _is_main():
+        print(f"{results['search']['method']}: " + _summary(results))
+        print(f"run directory: {args.out}")
+    return 0
+
+
 def cmd_demo(cfg: Config, args: argparse.Namespace) -> int:
     """Prepares the configured data when it is not there yet, then trains."""
     from recdim.data.preprocess import prepare
@@ -66,6 +76,7 @@ def _is_main() -> bool:
 COMMANDS = {
     "prepare": (cmd_prepare, "raw files -> Parquet shards + stats", None),
     "train": (cmd_train, "train the uniform-dimension baseline", "runs/train"),
+    "search": (cmd_search, "learn embedding dimensions with a search method", "runs/search"),
     "demo": (cmd_demo, "prepare (if needed) and train on the configured data", "runs/demo"),
 }
 
@@ -75,7 +86,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True)
     for name, (_, help_text, out_default) in COMMANDS.items():
-        _common(sub.add_parser(name, help=help_text), out_default)
+        p = sub.add_parser(name, help=help_text)
+        _common(p, out_default)
+        if name == "search":
+            p.add_argument("--method", choices=["dnis", "autosrh", "pep", "autodim"], help="overrides search.method")
     return parser
 
 

@@ -14,6 +14,9 @@ from dataclasses import dataclass, field
 from typing import Literal, Optional, Tuple
 
 from recdim.config_io import ConfigError, load_config  # noqa: F401  (re-exported)
+from recdim.search.autodim_config import AutoDimConfig
+from recdim.search.dnis_config import DNISConfig
+from recdim.search.pep_config import PEPConfig
 
 ARCHES = ("dlrm", "deepfm", "fm", "wide_deep", "mf", "mlp", "neumf")
 
@@ -187,6 +190,9 @@ class TrainConfig:
         log_every: steps between progress updates.
         progress: show a progress bar with samples/s.
         init_std: tables are initialised N(0, init_std^2) deterministically per (seed, table, row).
+        checkpoint_every: steps between sharded checkpoints in ``<run dir>/ckpt`` (0 = none). A training
+            command restarted on the same run directory resumes from the latest checkpoint.
+        keep_checkpoints: complete checkpoints kept (the newest ones).
     """
 
     epochs: int = 5
@@ -204,6 +210,8 @@ class TrainConfig:
     log_every: int = 50
     progress: bool = True
     init_std: float = 0.05
+    checkpoint_every: int = 0
+    keep_checkpoints: int = 2
 
     def __post_init__(self) -> None:
         if self.epochs < 1 or self.batch_size < 1:
@@ -211,8 +219,26 @@ class TrainConfig:
 
 
 @dataclass(frozen=True)
+class SearchConfig:
+    """``recdim search``: which method, and each method's settings.
+
+    Args:
+        method: ``dnis``, ``autosrh`` (the same soft-selection search), ``pep`` or ``autodim``
+            (``--method`` on the command line overrides it).
+        dnis: DNIS / AutoSrh settings.
+        pep: PEP settings.
+        autodim: AutoDim settings.
+    """
+
+    method: Literal["dnis", "autosrh", "pep", "autodim"] = "dnis"
+    dnis: DNISConfig = field(default_factory=DNISConfig)
+    pep: PEPConfig = field(default_factory=PEPConfig)
+    autodim: AutoDimConfig = field(default_factory=AutoDimConfig)
+
+
+@dataclass(frozen=True)
 class Config:
-    """A whole experiment: prepare, data, model and train sections (all optional in the file).
+    """A whole experiment: prepare, data, model, train and search sections (all optional in the file).
 
     Example::
 
@@ -229,6 +255,7 @@ class Config:
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    search: SearchConfig = field(default_factory=SearchConfig)
 
     @property
     def data_path(self) -> str:

@@ -1,0 +1,53 @@
+"""``recdim search``: train with a search method's provider and hooks, save what it learned."""
+
+from __future__ import annotations
+
+import importlib
+from pathlib import Path
+from typing import Any, Dict, Optional, Type
+
+from recdim.config import Config
+from recdim.data.prepared import PreparedDataset
+from recdim.search.method import SearchMethod
+from recdim.train.results import write_json
+from recdim.train.run import open_session, train_and_evaluate
+
+# method name -> "module:Class"; imported on use so that one method's import cost is not everyone's.
+METHODS: Dict[str, str] = {
+    "dnis": "recdim.search.dnis:DNISMethod",
+    "autosrh": "recdim.search.dnis:AutoSrhMethod",
+    "pep": "recdim.search.pep:PEPMethod",
+    "autodim": "recdim.search.autodim:AutoDimMethod",
+}
+
+
+def method_class(name: str) -> Type[SearchMethod]:
+    """The :class:`SearchMethod` registered as ``name``."""
+    if name not in METHODS:
+        raise ValueError(f"search.method {name!r} is not one of {sorted(METHODS)}")
+    module, cls = METHODS[name].split(":")
+    return getattr(importlib.import_module(module), cls)
+
+
+def run_search(cfg: Config, out_dir: Optional[Path], method: Optional[str] = None) -> Dict[str, Any]:
+    """Searches with ``method`` (default ``cfg.search.method``) and writes the run directory.
+
+    The run directory gets the method's learned state (alpha / thresholds / architecture weights, as
+    safetensors plus JSON), and ``results.json`` with validation-selected and test metrics, embedding
+    params and bytes, the method's summary under ``search`` and the config.
+
+    Example::
+
+        results = run_search(load("configs/demo.toml"), Path("runs/dnis"), method="dnis")
+    """
+    name = method or cfg.search.method
+    m = method_class(name)(cfg)
+    dataset = PreparedDataset(cfg.data_path)
+    features = dataset.feature_names(cfg.data.features)
+    session = open_session(cfg, m.provider_factory(dataset, features), m.hooks)
+    results = train_and_evaluate(session, None)
+    summary = m.save(session, Path(out_dir)) if out_dir is not None else {}
+    results["search"] = {"method": name, **results.get("search", {}), **summary}
+    if out_dir is not None and session.ctx.is_main:
+        write_json(Path(out_dir) / "results.json", results)
+    return results
