@@ -1,0 +1,52 @@
+"""Settings of the AutoDim search (candidate dimensions); imports nothing heavy so configs can use it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal, Tuple
+
+
+@dataclass(frozen=True)
+class AutoDimConfig:
+    """AutoDim: every feature mixes a few candidate dimensions; weights on validation pick one.
+
+    Args:
+        candidates: candidate dimensions, multiples of 4; those above K are dropped.
+        storage: ``shared`` (prefix slices of one table of the largest candidate, weight sharing) or
+            ``separate`` (one table per candidate).
+        transform: how a candidate reaches width K: ``linear_bn`` (Linear + BatchNorm1d without affine)
+            or ``zero_pad``.
+        arch_lr: Adam learning rate of the architecture weights.
+        update_every: f, training steps between architecture steps on a validation batch.
+        pretrain_steps: training steps with fixed equal weights (no Gumbel noise, no architecture steps)
+            before the search.
+        pretrain_epochs: epochs of that pre-training (both limits must be passed).
+        tau_start: Gumbel-softmax temperature when the search starts.
+        tau_decay: decrease of the temperature per search step.
+        tau_min: lowest temperature; tau = max(tau_min, tau_start - tau_decay * search step).
+
+    Example::
+
+        cfg = AutoDimConfig(candidates=(4, 8, 16), update_every=10, pretrain_steps=1000)
+    """
+
+    candidates: Tuple[int, ...] = (4, 8, 16, 24, 32)
+    storage: Literal["shared", "separate"] = "shared"
+    transform: Literal["linear_bn", "zero_pad"] = "linear_bn"
+    arch_lr: float = 0.01
+    update_every: int = 10
+    pretrain_steps: int = 0
+    pretrain_epochs: int = 0
+    tau_start: float = 1.0
+    tau_decay: float = 5e-5
+    tau_min: float = 0.01
+
+    def __post_init__(self) -> None:
+        if not self.candidates or any(d <= 0 or d % 4 for d in self.candidates):
+            raise ValueError(f"autodim.candidates must be positive multiples of 4, got {self.candidates}")
+        if self.update_every < 1:
+            raise ValueError(f"autodim.update_every must be >= 1, got {self.update_every}")
+        if self.pretrain_steps < 0 or self.pretrain_epochs < 0:
+            raise ValueError("autodim.pretrain_steps and pretrain_epochs must be >= 0")
+        if not 0 < self.tau_min <= self.tau_start or self.tau_decay < 0:
+            raise ValueError("autodim temperatures need 0 < tau_min <= tau_start and tau_decay >= 0")

@@ -1,0 +1,50 @@
+"""Settings of the DNIS / AutoSrh soft-selection search (kept free of heavy imports for ``recdim.config``)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+
+@dataclass(frozen=True)
+class DNISConfig:
+    """DNIS / AutoSrh search: feature blocks, soft-selection weights alpha and their bi-level updates.
+
+    Args:
+        num_blocks: L, frequency blocks the ids are cut into (each block shares one K-wide alpha row).
+        blocking: ``global`` cuts all features' ids together into L equal-count blocks (the papers'
+            setting: alpha is [L, K]); ``per_table`` cuts every table on its own (alpha is [F * L, K],
+            which also gives a per-field importance).
+        arch_lr: Adam learning rate of alpha.
+        update_every: f, training steps between two alpha steps.
+        warm_start_epochs: epochs of training steps only before alpha steps begin.
+        l1: strength of the L1 penalty on alpha, added after the row-wise gradient normalisation (so
+            it is in units of the normalised gradient, whatever the loss scale); 0 disables it.
+        second_order: use the unrolled (DARTS second-order) alpha gradient with a finite-difference
+            Hessian-vector product instead of the first-order one.
+        fd_epsilon: finite-difference step of the second-order gradient, divided by the norm of the
+            direction (``eps = fd_epsilon / ||v||``, the DARTS convention).
+
+    Example::
+
+        DNISConfig(num_blocks=10, blocking="per_table", update_every=1)
+    """
+
+    num_blocks: int = 10
+    blocking: Literal["global", "per_table"] = "global"
+    arch_lr: float = 0.01
+    update_every: int = 1
+    warm_start_epochs: int = 0
+    l1: float = 0.0
+    second_order: bool = False
+    fd_epsilon: float = 0.01
+
+    def __post_init__(self) -> None:
+        if self.num_blocks < 1:
+            raise ValueError(f"dnis.num_blocks must be >= 1, got {self.num_blocks}")
+        if self.blocking not in ("global", "per_table"):
+            raise ValueError(f"dnis.blocking must be 'global' or 'per_table', got {self.blocking!r}")
+        if self.arch_lr <= 0 or self.update_every < 1 or self.warm_start_epochs < 0:
+            raise ValueError("dnis.arch_lr must be > 0, update_every >= 1 and warm_start_epochs >= 0")
+        if self.l1 < 0 or self.fd_epsilon <= 0:
+            raise ValueError("dnis.l1 must be >= 0 and fd_epsilon > 0")

@@ -1,0 +1,75 @@
+"""Settings of the PEP search (learnable soft thresholds); imports nothing heavy so configs can use it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal, Tuple
+
+
+@dataclass(frozen=True)
+class PEPConfig:
+    """PEP: soft-threshold every embedding value, S(V, s) = sign(V) * relu(|V| - g(s)), and train s.
+
+    The pruning pressure is explicit (see :mod:`recdim.modules.threshold`): by default s starts at
+    ``threshold_init`` (where g(s) is tiny but its gradient is not zero) and a linear ramp adds
+    ``ramp_rate`` per training step to every threshold, on top of what the loss does to s. The paper's
+    behaviour (s = -150, pushed up only by Adam's coupled weight decay) is :meth:`paper`.
+
+    Args:
+        granularity: ``global`` (one s), ``dimension`` (s in R^K), ``feature`` (one s per sparse feature,
+            i.e. per field) or ``feature_dimension`` (s in R^{N x K}, stored beside the table rows).
+        gate: g, the map from s to a threshold: ``sigmoid`` (the paper's) or ``exp``.
+        threshold_init: initial s. Keep it where g'(s) is representable: -8 .. -15 for sigmoid.
+        pressure: what pushes s up: ``ramp`` (a linear schedule ``ramp_rate`` per step) or ``coupled_l2``
+            (adds ``l2_strength * (s - l2_target)`` to the gradient of s before the dense optimizer).
+        ramp_rate: increase of s per training step under ``ramp``.
+        l2_strength: coupled L2 strength under ``coupled_l2`` (Adam's ``weight_decay`` when the target is 0).
+        l2_target: the value the coupled L2 pulls s toward.
+        budgets: target fractions of non-zero values (nnz / sum of N * K), each in (0, 1). The first time
+            the thresholded tables fall to a budget its masks are kept; training stops at the smallest.
+        check_every: training steps between non-zero counts (each count scans every table once).
+
+    Example::
+
+        cfg = PEPConfig(granularity="dimension", ramp_rate=2e-3, budgets=(0.5, 0.2, 0.1))
+    """
+
+    granularity: Literal["global", "dimension", "feature", "feature_dimension"] = "feature_dimension"
+    gate: Literal["sigmoid", "exp"] = "sigmoid"
+    threshold_init: float = -8.0
+    pressure: Literal["ramp", "coupled_l2"] = "ramp"
+    ramp_rate: float = 0.01
+    l2_strength: float = 1e-4
+    l2_target: float = 0.0
+    budgets: Tuple[float, ...] = (0.5, 0.2, 0.1)
+    check_every: int = 1
+
+    def __post_init__(self) -> None:
+        if not self.budgets or any(not 0.0 < b < 1.0 for b in self.budgets):
+            raise ValueError(f"pep.budgets must be fractions in (0, 1), got {self.budgets}")
+        if self.check_every < 1:
+            raise ValueError(f"pep.check_every must be >= 1, got {self.check_every}")
+        if self.ramp_rate < 0 or self.l2_strength < 0:
+            raise ValueError("pep.ramp_rate and pep.l2_strength must be >= 0")
+        if self.pressure == "coupled_l2" and self.granularity == "feature_dimension":
+            raise ValueError(
+                "pep.pressure = 'coupled_l2' needs dense thresholds; feature_dimension thresholds live in the "
+                "table and are trained by the fused optimizer, use pressure = 'ramp'"
+            )
+
+    @classmethod
+    def paper(cls, granularity: str = "dimension", weight_decay: float = 1e-4, **kwargs: object) -> "PEPConfig":
+        """The published setting, for reproduction: s = -150 moved only by coupled weight decay.
+
+        In float32 sigmoid(-150) and its gradient are exactly 0, so the loss never reaches s; Adam's
+        coupled weight decay (gradient ``weight_decay * s``, normalised by Adam) drags s up by about the
+        learning rate per step until g(s) leaves zero, and only then does pruning start.
+        """
+        return cls(
+            granularity=granularity,  # type: ignore[arg-type]
+            threshold_init=-150.0,
+            pressure="coupled_l2",
+            l2_strength=weight_decay,
+            l2_target=0.0,
+            **kwargs,  # type: ignore[arg-type]
+        )
