@@ -107,3 +107,14 @@ class BilevelHook(StepHook):
 
     def state(self) -> Dict[str, Any]:
         return {"arch_steps": self.arch_steps}
+
+    def state_dict(self) -> Dict[str, Any]:
+        """Architecture optimizer state and counters, saved in checkpoints (the parameters themselves
+        live in the model)."""
+        return {"optimizer": self.optimizer.state_dict(), "arch_steps": self.arch_steps, "val_pass": self._pass}
+
+    def load_state_dict(self, state: Dict[str, Any]) -> None:
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.arch_steps = int(state["arch_steps"])
+        self._pass = int(state["val_pass"])
+        self._iter = iter(())

@@ -44,7 +44,7 @@ def run_search(cfg: Config, out_dir: Optional[Path], method: Optional[str] = Non
     m = method_class(name)(cfg)
     dataset = PreparedDataset(cfg.data_path)
     features = dataset.feature_names(cfg.data.features)
-    session = open_session(cfg, m.provider_factory(dataset, features), m.hooks)
+    session = open_session(cfg, m.provider_factory(dataset, features), m.hooks, out_dir=Path(out_dir) if out_dir is not None else None)
     results = train_and_evaluate(session, None)
     summary = m.save(session, Path(out_dir)) if out_dir is not None else {}
     results["search"] = {"method": name, **results.get("search", {}), **summary}

@@ -14,9 +14,11 @@ from recdim.data.loader import EvalLoader, TrainLoader
 from recdim.data.prepared import PreparedDataset, SplitArrays
 from recdim.models.rec_model import RecModel
 from recdim.train.build import ProviderFactory, build_model, uniform_provider
+from recdim.train.checkpoint import Checkpointer
 from recdim.train.distributed import DistContext, build_optimizer, init_distributed, shard_model
 from recdim.train.hooks import StepHook
 from recdim.train.init import init_tables
+from recdim.train.resume import CheckpointHook
 from recdim.train.results import peak_memory, write_json
 from recdim.train.trainer import Trainer
 
@@ -47,6 +49,7 @@ def open_session(
     cfg: Config,
     provider_factory: ProviderFactory = uniform_provider,
     hooks: Callable[["Session"], Sequence[StepHook]] = lambda s: (),
+    out_dir: Optional[Path] = None,
 ) -> Session:
     """Loads data, builds and shards the model, initialises tables and makes the trainer.
 
@@ -54,6 +57,9 @@ def open_session(
         cfg: the experiment config.
         provider_factory: which embedding provider to build (the uniform baseline by default).
         hooks: builds the step hooks once the session exists (search methods use this).
+        out_dir: the run directory. When given, training writes sharded checkpoints to
+            ``<out_dir>/ckpt`` every ``cfg.train.checkpoint_every`` steps and resumes from the latest
+            one found there (:class:`~recdim.train.resume.CheckpointHook`, installed last).
     """
     ctx = init_distributed(cfg.train.device)
     ds = PreparedDataset(cfg.data_path)
@@ -69,6 +75,9 @@ def open_session(
     trainer = Trainer(dmp, optimizer, ds.schema.label, cfg.train, ctx)
     session = Session(cfg, ctx, ds, features, splits, model, dmp, trainer, train_loader, val_loader)
     trainer.hooks = list(hooks(session))
+    if out_dir is not None:
+        checkpointer = Checkpointer(Path(out_dir) / "ckpt", keep=cfg.train.keep_checkpoints)
+        trainer.hooks.append(CheckpointHook(checkpointer, every=cfg.train.checkpoint_every))
     return session
 
 
@@ -89,6 +98,7 @@ def train_and_evaluate(session: Session, out_dir: Optional[Path], extra: Optiona
         "best_epoch": fit.best_epoch,
         "epochs_run": len(fit.history),
         "steps": fit.steps,
+        "resumed_from_step": fit.resumed_from_step,
         "train_time_s": fit.train_time_s,
         "samples_per_s": fit.samples_per_s,
         "wall_time_s": time.perf_counter() - t0,
@@ -116,4 +126,4 @@ def run_train(cfg: Config, out_dir: Optional[Path]) -> Dict[str, Any]:
         results = run_train(load("configs/ml100k_rating.toml"), Path("runs/mf"))
         results["test"]["mse"]
     """
-    return train_and_evaluate(open_session(cfg), out_dir)
+    return train_and_evaluate(open_session(cfg, out_dir=out_dir), out_dir)

@@ -35,10 +35,33 @@ class FitResult:
     steps: int = 0
     train_time_s: float = 0.0
     samples: int = 0
+    resumed_from_step: Optional[int] = None
 
     @property
     def samples_per_s(self) -> float:
         return self.samples / self.train_time_s if self.train_time_s > 0 else 0.0
+
+
+@dataclass
+class FitState:
+    """Where :meth:`Trainer.fit` stands within training: what a checkpoint saves and a resumed run
+    continues from (with ``Trainer.epoch`` and ``Trainer.global_step``).
+
+    Args:
+        result: history and counters so far.
+        step_in_epoch: training steps already taken in the current epoch.
+        epoch_losses: the training losses of those steps.
+        best_value: the best validation value of the primary metric so far.
+        best_state: this rank's snapshot of the model at that epoch (:func:`~recdim.train.init.snapshot`).
+        stale: epochs since the best one (the early-stopping counter).
+    """
+
+    result: FitResult = field(default_factory=FitResult)
+    step_in_epoch: int = 0
+    epoch_losses: List[float] = field(default_factory=list)
+    best_value: Optional[float] = None
+    best_state: Optional[Dict[str, list]] = None
+    stale: int = 0
 
 
 class Trainer:
@@ -83,6 +106,7 @@ class Trainer:
         self.loss_fn: nn.Module = nn.BCEWithLogitsLoss() if label_kind == LabelKind.BINARY else nn.MSELoss()
         self.global_step = 0
         self.epoch = 0
+        self.fit_state = FitState()
 
     def loss(self, batch: Any) -> torch.Tensor:
         """Mean loss of this rank's part of a batch."""
@@ -123,25 +147,32 @@ class Trainer:
         return b is None or (a > b if higher else a < b)
 
     def fit(self, train: TrainLoader, val: EvalLoader) -> FitResult:
-        """Trains up to ``cfg.epochs`` epochs with early stopping on validation; restores the best state."""
+        """Trains up to ``cfg.epochs`` epochs with early stopping on validation; restores the best state.
+
+        Starts from :attr:`fit_state`, which a hook's ``on_train_start`` may restore from a checkpoint
+        (:class:`~recdim.train.resume.CheckpointHook`); training then continues at the saved step of the
+        saved epoch.
+        """
         name, _ = primary_metric(self.label_kind)
-        result = FitResult()
-        best_state = None
-        best_value: Optional[float] = None
-        stale = 0
+        self.fit_state, self.epoch = FitState(), 0
         for hook in self.hooks:
             hook.on_train_start(self)
+        st = self.fit_state
+        result = st.result
         total = len(train) * self.cfg.epochs
         if self.cfg.max_steps:
             total = min(total, self.cfg.max_steps)
-        bar = tqdm(total=total * train.batch_size, unit="samples", unit_scale=True, disable=not (self.cfg.progress and self.ctx.is_main and sys.stderr.isatty()), dynamic_ncols=True)
-        stop = False
-        for epoch in range(self.cfg.epochs):
+        bar = tqdm(total=total * train.batch_size, initial=min(total, self.global_step) * train.batch_size, unit="samples", unit_scale=True, disable=not (self.cfg.progress and self.ctx.is_main and sys.stderr.isatty()), dynamic_ncols=True)
+        stop = bool(self.cfg.max_steps and self.global_step >= self.cfg.max_steps)
+        for epoch in range(self.epoch, self.cfg.epochs):
             self.epoch = epoch
             t0 = time.perf_counter()
-            losses: List[float] = []
-            for batch in train.epoch(epoch):
+            losses = st.epoch_losses
+            steps_here = 0
+            for batch in () if stop else train.epoch(epoch, st.step_in_epoch):
                 losses.append(self.train_step(batch))
+                st.step_in_epoch += 1
+                steps_here += 1
                 for hook in self.hooks:
                     hook.after_step(self, self.global_step, batch)
                 bar.update(train.batch_size)
@@ -154,32 +185,33 @@ class Trainer:
                     stop = True
                     break
             result.train_time_s += time.perf_counter() - t0
-            result.samples += len(losses) * train.batch_size
+            result.samples += steps_here * train.batch_size
             val_metrics = self.evaluate(val)
             for hook in self.hooks:
                 hook.on_epoch_end(self, epoch, val_metrics)
             entry = {"epoch": epoch, "steps": self.global_step, "train_loss": sum(losses) / max(1, len(losses)), "val": val_metrics}
             result.history.append(entry)
             if self.ctx.is_main and self.cfg.progress:
-                rate = len(losses) * train.batch_size / max(1e-9, time.perf_counter() - t0)
+                rate = steps_here * train.batch_size / max(1e-9, time.perf_counter() - t0)
                 bar.write(
                     f"epoch {epoch}: train_loss {entry['train_loss']:.4f} "
                     + " ".join(f"val_{k} {v:.4f}" for k, v in val_metrics.items())
                     + f" ({rate:,.0f} samples/s)",
                     file=sys.stderr,
                 )
-            if self._better(val_metrics[name], best_value):
-                best_value, result.best_epoch, result.best_val = val_metrics[name], epoch, val_metrics
-                best_state = snapshot(self.model)
-                stale = 0
+            st.epoch_losses, st.step_in_epoch = [], 0
+            if self._better(val_metrics[name], st.best_value):
+                st.best_value, result.best_epoch, result.best_val = val_metrics[name], epoch, val_metrics
+                st.best_state = snapshot(self.model)
+                st.stale = 0
             else:
-                stale += 1
-                if self.cfg.patience and stale >= self.cfg.patience:
+                st.stale += 1
+                if self.cfg.patience and st.stale >= self.cfg.patience:
                     break
             if stop:
                 break
         bar.close()
-        if best_state is not None:
-            restore(self.model, best_state)
+        if st.best_state is not None:
+            restore(self.model, st.best_state)
         result.steps = self.global_step
         return result
