@@ -24,6 +24,9 @@ class DNISConfig:
             Hessian-vector product instead of the first-order one.
         fd_epsilon: finite-difference step of the second-order gradient, divided by the norm of the
             direction (``eps = fd_epsilon / ||v||``, the DARTS convention).
+        bag_path: how multi-valued features apply alpha: ``split`` (block-split pooling: an L-times wider
+            pooled output) or ``sequence`` (per-id rows from an EmbeddingCollection: nnz rows; on CPU
+            FBGEMM's per-id backward is slow, see ``benchmarks/search_overhead_dnis.py``).
 
     Example::
 
@@ -38,6 +41,7 @@ class DNISConfig:
     l1: float = 0.0
     second_order: bool = False
     fd_epsilon: float = 0.01
+    bag_path: Literal["split", "sequence"] = "split"
 
     def __post_init__(self) -> None:
         if self.num_blocks < 1:
@@ -46,5 +50,7 @@ class DNISConfig:
             raise ValueError(f"dnis.blocking must be 'global' or 'per_table', got {self.blocking!r}")
         if self.arch_lr <= 0 or self.update_every < 1 or self.warm_start_epochs < 0:
             raise ValueError("dnis.arch_lr must be > 0, update_every >= 1 and warm_start_epochs >= 0")
+        if self.bag_path not in ("split", "sequence"):
+            raise ValueError(f"dnis.bag_path must be 'split' or 'sequence', got {self.bag_path!r}")
         if self.l1 < 0 or self.fd_epsilon <= 0:
             raise ValueError("dnis.l1 must be >= 0 and fd_epsilon > 0")
