@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import abc
 import contextlib
-from typing import Iterator, List, Sequence
+from typing import Dict, Iterator, List, Mapping, Sequence
 
 import torch
 from torch import nn
@@ -71,6 +71,19 @@ class EmbeddingProvider(nn.Module, abc.ABC):
     def table_output(self, values: torch.Tensor) -> torch.Tensor:
         """``values`` detached while tables are frozen, else unchanged."""
         return values.detach() if self._tables_frozen else values
+
+    def effective_weights(self, tables: Mapping[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
+        """The K-wide vector every id contributes before pooling, per feature.
+
+        Pruning reads these: a mask keeps entries of this matrix, and a pruned model stores them.
+
+        Args:
+            tables: full values of this provider's TorchRec tables, by table name ([N, K] each).
+
+        Returns:
+            ``{feature: [N, K]}``.
+        """
+        raise NotImplementedError(f"{type(self).__name__} has no per-id effective weights")
 
     @abc.abstractmethod
     def embedding_params(self) -> int:

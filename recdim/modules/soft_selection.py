@@ -249,6 +249,16 @@ class SoftSelectionProvider(EmbeddingProvider):
             out = out / lengths.t().clamp(min=1).unsqueeze(-1).to(out.dtype)
         return KeyedTensor(keys=names, length_per_key=[K] * F, values=out.reshape(B, F * K))
 
+    def effective_weights(self, tables: Mapping[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
+        """``e_i ⊙ alpha[block(i)]`` for every id of every feature (what the arch sees per id)."""
+        alpha = self.alpha.detach().cpu().float()
+        out: Dict[str, torch.Tensor] = {}
+        for f in self.feature_names:
+            w = tables[table_name(f)]
+            rows = self.plan.alpha_row_offset(f) + self.plan.block_of(f, torch.arange(w.size(0)))
+            out[f] = w * alpha[rows]
+        return out
+
     def embedding_params(self) -> int:
         """Stored table values (N * K over all tables); alpha is counted in :meth:`embedding_bytes` only."""
         return sum(t.num_embeddings * t.embedding_dim for t in [*self.tables, *self.seq_tables])

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Dict, Optional, Sequence
+from typing import Dict, Mapping, Optional, Sequence
 
 import torch
 from torchrec.modules.embedding_configs import EmbeddingBagConfig, PoolingType
@@ -59,6 +59,9 @@ class UniformEmbeddingProvider(EmbeddingProvider):
 
     def forward(self, features: KeyedJaggedTensor) -> KeyedTensor:
         return self.ebc(features)
+
+    def effective_weights(self, tables: Mapping[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
+        return {f: tables[table_name(f)] for f in self.feature_names}
 
     def embedding_params(self) -> int:
         return sum(t.num_embeddings * t.embedding_dim for t in self.tables)

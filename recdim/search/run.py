@@ -9,6 +9,7 @@ from typing import Any, Dict, Optional, Type
 from recdim.config import Config
 from recdim.data.prepared import PreparedDataset
 from recdim.search.method import SearchMethod
+from recdim.train.model_io import save_model
 from recdim.train.results import write_json
 from recdim.train.run import open_session, train_and_evaluate
 
@@ -33,7 +34,7 @@ def run_search(cfg: Config, out_dir: Optional[Path], method: Optional[str] = Non
     """Searches with ``method`` (default ``cfg.search.method``) and writes the run directory.
 
     The run directory gets the method's learned state (alpha / thresholds / architecture weights, as
-    safetensors plus JSON), and ``results.json`` with validation-selected and test metrics, embedding
+    safetensors plus JSON), the trained model (``model/``, a sharded checkpoint ``recdim prune`` reads), and ``results.json`` with validation-selected and test metrics, embedding
     params and bytes, the method's summary under ``search`` and the config.
 
     Example::
@@ -47,6 +48,8 @@ def run_search(cfg: Config, out_dir: Optional[Path], method: Optional[str] = Non
     session = open_session(cfg, m.provider_factory(dataset, features), m.hooks, out_dir=Path(out_dir) if out_dir is not None else None)
     results = train_and_evaluate(session, None)
     summary = m.save(session, Path(out_dir)) if out_dir is not None else {}
+    if out_dir is not None:
+        save_model(session.dmp, out_dir, session.trainer.global_step, {"method": name})
     results["search"] = {"method": name, **results.get("search", {}), **summary}
     if out_dir is not None and session.ctx.is_main:
         write_json(Path(out_dir) / "results.json", results)

@@ -102,3 +102,23 @@ def restore(model: nn.Module, snap: Dict[str, list]) -> None:
         targets = [s.tensor for s in value.local_shards()] if isinstance(value, ShardedTensor) else [value]
         for t, src in zip(targets, snap[key]):
             t.copy_(src)
+
+
+def full_tables(model: nn.Module) -> Dict[str, torch.Tensor]:
+    """Every TorchRec table of ``model`` assembled whole, by table name ({name: [N, K]}).
+
+    Needs every piece to be local (a one-process group); a table split into several local column
+    shards is put back together.
+    """
+    out: Dict[str, torch.Tensor] = {}
+    for key, value in table_state(model):
+        name = key.split(".")[-2]
+        full = torch.zeros(value.size(0), value.size(1))
+        covered = 0
+        for local, (r0, r1), (c0, c1) in local_pieces(value):
+            full[r0:r1, c0:c1] = local.detach().cpu().float()
+            covered += (r1 - r0) * (c1 - c0)
+        if covered != full.numel():
+            raise RuntimeError(f"{key}: only {covered} of {full.numel()} values are local; load it in one process")
+        out[name] = full
+    return out
