@@ -11,18 +11,21 @@ class PEPConfig:
     """PEP: soft-threshold every embedding value, S(V, s) = sign(V) * relu(|V| - g(s)), and train s.
 
     The pruning pressure is explicit (see :mod:`recdim.modules.threshold`): by default s starts at
-    ``threshold_init`` (where g(s) is tiny but its gradient is not zero) and a linear ramp adds
-    ``ramp_rate`` per training step to every threshold, on top of what the loss does to s. The paper's
-    behaviour (s = -150, pushed up only by Adam's coupled weight decay) is :meth:`paper`.
+    ``threshold_init`` (where g(s) is tiny but its gradient is not zero) and a linear ramp lifts every
+    threshold from there to ``ramp_to`` over ``ramp_steps`` steps (by default the whole planned run), on
+    top of what the loss does to s. The paper's behaviour (s = -150, pushed up only by Adam's coupled
+    weight decay) is :meth:`paper`.
 
     Args:
         granularity: ``global`` (one s), ``dimension`` (s in R^K), ``feature`` (one s per sparse feature,
             i.e. per field) or ``feature_dimension`` (s in R^{N x K}, stored beside the table rows).
         gate: g, the map from s to a threshold: ``sigmoid`` (the paper's) or ``exp``.
         threshold_init: initial s. Keep it where g'(s) is representable: -8 .. -15 for sigmoid.
-        pressure: what pushes s up: ``ramp`` (a linear schedule ``ramp_rate`` per step) or ``coupled_l2``
-            (adds ``l2_strength * (s - l2_target)`` to the gradient of s before the dense optimizer).
-        ramp_rate: increase of s per training step under ``ramp``.
+        pressure: what pushes s up: ``ramp`` (a linear schedule) or ``coupled_l2`` (adds
+            ``l2_strength * (s - l2_target)`` to the gradient of s before the dense optimizer).
+        ramp_steps: steps the ramp takes to add ``ramp_to - threshold_init`` to s; 0 means the planned run
+            (``train.max_steps``, else ``train.epochs`` x steps per epoch). The ramp goes on past it.
+        ramp_to: where the ramp takes s (0: g = 0.5 for sigmoid, which prunes nearly everything).
         l2_strength: coupled L2 strength under ``coupled_l2`` (Adam's ``weight_decay`` when the target is 0).
         l2_target: the value the coupled L2 pulls s toward.
         budgets: target fractions of non-zero values (nnz / sum of N * K), each in (0, 1). The first time
@@ -31,14 +34,15 @@ class PEPConfig:
 
     Example::
 
-        cfg = PEPConfig(granularity="dimension", ramp_rate=2e-3, budgets=(0.5, 0.2, 0.1))
+        cfg = PEPConfig(granularity="dimension", ramp_steps=20_000, budgets=(0.5, 0.2, 0.1))
     """
 
     granularity: Literal["global", "dimension", "feature", "feature_dimension"] = "feature_dimension"
     gate: Literal["sigmoid", "exp"] = "sigmoid"
     threshold_init: float = -8.0
     pressure: Literal["ramp", "coupled_l2"] = "ramp"
-    ramp_rate: float = 0.01
+    ramp_steps: int = 0
+    ramp_to: float = 0.0
     l2_strength: float = 1e-4
     l2_target: float = 0.0
     budgets: Tuple[float, ...] = (0.5, 0.2, 0.1)
@@ -49,8 +53,10 @@ class PEPConfig:
             raise ValueError(f"pep.budgets must be fractions in (0, 1), got {self.budgets}")
         if self.check_every < 1:
             raise ValueError(f"pep.check_every must be >= 1, got {self.check_every}")
-        if self.ramp_rate < 0 or self.l2_strength < 0:
-            raise ValueError("pep.ramp_rate and pep.l2_strength must be >= 0")
+        if self.ramp_steps < 0 or self.l2_strength < 0:
+            raise ValueError("pep.ramp_steps and pep.l2_strength must be >= 0")
+        if self.pressure == "ramp" and self.ramp_to <= self.threshold_init:
+            raise ValueError(f"pep.ramp_to ({self.ramp_to}) must be above pep.threshold_init ({self.threshold_init})")
         if self.pressure == "coupled_l2" and self.granularity == "feature_dimension":
             raise ValueError(
                 "pep.pressure = 'coupled_l2' needs dense thresholds; feature_dimension thresholds live in the "

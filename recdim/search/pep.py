@@ -1,0 +1,341 @@
+"""PEP search driver: the pressure on the thresholds, non-zero counting and once-for-all mask snapshots.
+
+PEP trains V and s jointly on the training loss (no validation steps). This module adds what the loop
+needs around :class:`~recdim.modules.threshold.ThresholdEmbeddingProvider`:
+
+- a :class:`ThresholdPressure` that pushes s up (:class:`LinearRamp`, the default, or :class:`CoupledL2`,
+  which with s = -150 reproduces the paper; see the provider's module docstring for why);
+- :class:`PEPHook`, which after every ``check_every`` steps counts the surviving values over all shards
+  (one all-reduced integer, :mod:`recdim.search.pep_tables`), keeps the masks the first time the count
+  falls to each budget (bool [N, K] per table, held bit-packed on every rank so checkpoints hold them)
+  and stops training once the smallest budget is reached;
+- :class:`PEPMethod`, the :class:`~recdim.search.method.SearchMethod` tying them to a session.
+
+Lottery-ticket rewind needs no copy of the initial tables: :func:`recdim.train.init.table_rows` regenerates
+them from the seed written in ``snapshots.json`` (for ``feature_dimension`` the values are the even
+columns of the [N, 2K] table).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from safetensors.torch import save_file
+from torch.utils.hooks import RemovableHandle
+
+from recdim.config import Config, ModelConfig
+from recdim.data.prepared import PreparedDataset
+from recdim.modules.threshold import GATES, ThresholdEmbeddingProvider, make_thresholds
+from recdim.search.method import SearchMethod
+from recdim.search.pep_config import PEPConfig
+from recdim.search.pep_tables import count_nonzeros, gather_masks, gather_thresholds, init_threshold_tables, table_pieces, rank_and_world
+from recdim.train.build import ProviderFactory
+from recdim.train.hooks import StepHook
+
+__all__ = [
+    "CoupledL2", "LinearRamp", "PEPHook", "PEPMethod", "Snapshot", "ThresholdPressure", "build_threshold_provider",
+    "count_nonzeros", "gather_masks", "gather_thresholds", "init_threshold_tables", "pressures", "table_pieces",
+]
+
+log = logging.getLogger(__name__)
+
+
+class ThresholdPressure:
+    """Something that pushes the thresholds up during training. Does nothing by default."""
+
+    def attach(self, provider: ThresholdEmbeddingProvider, step: int) -> None:
+        """Called once before training, at global step ``step``."""
+
+    def after_step(self, provider: ThresholdEmbeddingProvider, step: int) -> None:
+        """Called after each training step (``step`` steps done)."""
+
+
+class LinearRamp(ThresholdPressure):
+    """Adds ``rate * max(0, step - start)`` to every threshold (the provider's ``threshold_offset``).
+
+    Equivalent to adding ``rate`` to every s after each step, without touching the tables; the loss keeps
+    training s around the ramp, so thresholds the loss needs low lag behind the others.
+
+    Args:
+        rate: increase of s per step.
+        start: first step of the ramp.
+
+    Example::
+
+        hook = PEPHook(provider, budgets=(0.5, 0.1), pressures=[LinearRamp(0.01)])
+    """
+
+    def __init__(self, rate: float, start: int = 0) -> None:
+        self.rate = float(rate)
+        self.start = int(start)
+
+    def offset(self, step: int) -> float:
+        return self.rate * max(0, step - self.start)
+
+    def attach(self, provider: ThresholdEmbeddingProvider, step: int) -> None:
+        provider.threshold_offset.fill_(self.offset(step))
+
+    def after_step(self, provider: ThresholdEmbeddingProvider, step: int) -> None:
+        provider.threshold_offset.fill_(self.offset(step))
+
+
+class CoupledL2(ThresholdPressure):
+    """Adds ``strength * (s - target)`` to the gradient of the dense thresholds before the optimizer.
+
+    This is an L2 term ``strength / 2 * ||s - target||^2`` in the training loss; with ``target = 0`` it is
+    exactly Adam's coupled ``weight_decay`` on s, the mechanism that makes the published PEP prune
+    (``PEPConfig.paper()``). Dense thresholds only: a table-resident s is updated inside the fused kernel.
+
+    Args:
+        strength: the L2 coefficient.
+        target: the value s is pulled toward.
+    """
+
+    def __init__(self, strength: float, target: float = 0.0) -> None:
+        self.strength = float(strength)
+        self.target = float(target)
+        self._handles: List[RemovableHandle] = []
+
+    def attach(self, provider: ThresholdEmbeddingProvider, step: int) -> None:
+        params = provider.threshold_parameters()
+        if not params:
+            raise ValueError("CoupledL2 needs dense thresholds; this provider keeps s in its tables")
+        for h in self._handles:
+            h.remove()
+        self._handles = [p.register_hook(self._hook(p)) for p in params]
+
+    def _hook(self, p: torch.nn.Parameter) -> Callable[[torch.Tensor], torch.Tensor]:
+        return lambda grad: grad + self.strength * (p.detach() - self.target)
+
+
+def pressures(cfg: PEPConfig, planned_steps: int) -> List[ThresholdPressure]:
+    """The pressures a :class:`PEPConfig` names; ``planned_steps`` is the run length a ramp spans when
+    ``cfg.ramp_steps`` is 0."""
+    if cfg.pressure == "ramp":
+        steps = cfg.ramp_steps or planned_steps
+        if steps < 1:
+            raise ValueError("the PEP ramp needs pep.ramp_steps or a known run length")
+        return [LinearRamp((cfg.ramp_to - cfg.threshold_init) / steps)]
+    return [CoupledL2(cfg.l2_strength, cfg.l2_target)]
+
+
+@dataclass
+class Snapshot:
+    """The masks kept when the non-zero count first fell to ``budget`` (bit-packed along K, the same on
+    every rank so that checkpoints hold them), with the ramp offset in force then."""
+
+    budget: float
+    step: int
+    nnz: int
+    total: int
+    offset: float
+    packed: Dict[str, np.ndarray]
+
+    def masks(self, embedding_dim: int) -> Dict[str, torch.Tensor]:
+        """The masks as ``{table: bool [N, K]}``."""
+        return {k: torch.from_numpy(np.unpackbits(v, axis=1, count=embedding_dim).astype(bool)) for k, v in self.packed.items()}
+
+    def summary(self) -> Dict[str, Any]:
+        return {
+            "budget": self.budget, "step": self.step, "nnz": self.nnz, "total": self.total,
+            "keep_fraction": self.nnz / self.total, "compression_rate": self.total / max(1, self.nnz),
+            "threshold_offset": self.offset,
+        }
+
+
+class PEPHook(StepHook):
+    """Applies the threshold pressure, counts non-zeros and snapshots masks at each budget.
+
+    After every ``check_every``-th step the surviving values of all tables are counted across ranks; the
+    first time the count is at or below ``budget * total`` for a budget, the masks are gathered and
+    kept (bit-packed, on every rank); budgets crossed in the same check share them. Training stops
+    (``should_stop``) once the smallest budget has its snapshot. Checkpoints hold the snapshots
+    (``state_dict``).
+
+    Args:
+        provider: the (possibly sharded) threshold provider.
+        budgets: target fractions of surviving values, each in (0, 1).
+        pressures: what pushes s up (a :class:`LinearRamp` by default).
+        check_every: steps between counts.
+
+    Example::
+
+        hook = PEPHook(provider, budgets=(0.5, 0.2), pressures=[LinearRamp(0.01)])
+        session.trainer.hooks.append(hook)
+    """
+
+    def __init__(
+        self,
+        provider: ThresholdEmbeddingProvider,
+        budgets: Sequence[float],
+        pressures: Sequence[ThresholdPressure] = (),
+        check_every: int = 1,
+    ) -> None:
+        if not budgets or any(not 0.0 < b < 1.0 for b in budgets):
+            raise ValueError(f"budgets must be fractions in (0, 1), got {tuple(budgets)}")
+        self.provider = provider
+        self.budgets = sorted(set(float(b) for b in budgets), reverse=True)
+        self.pending = list(self.budgets)
+        self.pressures = list(pressures) if pressures else [LinearRamp(0.01)]
+        self.check_every = int(check_every)
+        self.snapshots: List[Snapshot] = []
+        self.last_count: Optional[Tuple[int, int]] = None
+
+    def on_train_start(self, trainer: Any) -> None:
+        for p in self.pressures:
+            p.attach(self.provider, trainer.global_step)
+
+    def after_step(self, trainer: Any, step: int, batch: Any) -> None:
+        for p in self.pressures:
+            p.after_step(self.provider, step)
+        if self.pending and step % self.check_every == 0:
+            self.check(step)
+
+    def check(self, step: int) -> List[float]:
+        """Counts non-zeros (collective) and snapshots every budget newly reached; returns those budgets."""
+        nnz, total = count_nonzeros(self.provider)
+        self.last_count = (nnz, total)
+        crossed = [b for b in self.pending if nnz <= b * total]
+        if crossed:
+            masks = gather_masks(self.provider)
+            packed = [None if masks is None else {k: np.packbits(v.numpy(), axis=1) for k, v in masks.items()}]
+            if rank_and_world()[1] > 1:
+                dist.broadcast_object_list(packed, src=0)
+            offset = float(self.provider.threshold_offset)
+            for b in crossed:
+                self.snapshots.append(Snapshot(b, step, nnz, total, offset, packed[0]))
+                self.pending.remove(b)
+        return crossed
+
+    def should_stop(self, trainer: Any) -> bool:
+        return not self.pending
+
+    def write(self, out_dir: Path) -> List[Dict[str, Any]]:
+        """Writes ``masks_keep<budget>.safetensors`` (bool [N, K] per table) for each snapshot (rank 0)
+        and returns the index entries."""
+        entries = []
+        for snap in self.snapshots:
+            entry = dict(snap.summary(), file=f"masks_keep{snap.budget:g}.safetensors")
+            masks = snap.masks(self.provider.embedding_dim)
+            meta = {"budget": str(snap.budget), "step": str(snap.step), "nnz": str(snap.nnz)}
+            save_file({k: v.contiguous() for k, v in masks.items()}, str(Path(out_dir) / entry["file"]), metadata=meta)
+            entries.append(entry)
+        return entries
+
+    def state_dict(self) -> Dict[str, Any]:
+        """Budgets reached so far and their masks, for training checkpoints (one opaque, replicated
+        entry; the thresholds and the ramp offset live in the model's state)."""
+        buf = io.BytesIO()
+        snaps = [dict(dataclasses.asdict(s), packed={k: torch.from_numpy(v) for k, v in s.packed.items()}) for s in self.snapshots]
+        torch.save({"pending": self.pending, "last_count": self.last_count, "snapshots": snaps}, buf)
+        return {"pep": buf.getvalue()}
+
+    def load_state_dict(self, state: Dict[str, Any]) -> None:
+        data = torch.load(io.BytesIO(state["pep"]), weights_only=True)
+        self.pending = [float(b) for b in data["pending"]]
+        self.last_count = tuple(data["last_count"]) if data["last_count"] is not None else None  # type: ignore[assignment]
+        self.snapshots = [Snapshot(**dict(s, packed={k: v.numpy() for k, v in s["packed"].items()})) for s in data["snapshots"]]
+
+    def state(self) -> Dict[str, Any]:
+        nnz, total = self.last_count or (None, None)
+        return {
+            "pep": {
+                "nnz": nnz,
+                "total": total,
+                "threshold_offset": float(self.provider.threshold_offset),
+                "snapshots": [s.summary() for s in self.snapshots],
+                "pending_budgets": list(self.pending),
+            }
+        }
+
+
+def build_threshold_provider(pep: PEPConfig, model: ModelConfig, num_embeddings: Dict[str, int], weighted: bool, device: torch.device) -> ThresholdEmbeddingProvider:
+    """The PEP provider for a config (tables on ``device``, dense thresholds on the default device)."""
+    thresholds = make_thresholds(pep.granularity, list(num_embeddings), model.embedding_dim, pep.threshold_init)
+    return ThresholdEmbeddingProvider(num_embeddings, model.embedding_dim, thresholds, GATES[pep.gate], model.pooling, weighted, device)
+
+
+def pep_section(cfg: Config) -> PEPConfig:
+    """``cfg.search.pep`` when the config has one, else the defaults."""
+    search = getattr(cfg, "search", None)
+    section = getattr(search, "pep", None)
+    return section if isinstance(section, PEPConfig) else PEPConfig()
+
+
+class PEPMethod(SearchMethod):
+    """PEP (learnable soft thresholds) as a search method.
+
+    Args:
+        cfg: the experiment config.
+        pep: PEP settings (default ``cfg.search.pep``).
+
+    Example::
+
+        method = PEPMethod(cfg)
+        session = open_session(cfg, method.provider_factory(ds, features), method.hooks)
+        train_and_evaluate(session, out)
+        method.save(session, out)       # thresholds.safetensors, masks_keep*.safetensors, snapshots.json
+    """
+
+    name = "pep"
+
+    def __init__(self, cfg: Config, pep: Optional[PEPConfig] = None) -> None:
+        super().__init__(cfg)
+        self.pep = pep if pep is not None else pep_section(cfg)
+        self.hook: Optional[PEPHook] = None
+
+    def provider_factory(self, dataset: PreparedDataset, features: Sequence[str]) -> ProviderFactory:
+        def factory(model: ModelConfig, num_embeddings: Dict[str, int], weighted: bool, device: torch.device) -> ThresholdEmbeddingProvider:
+            return build_threshold_provider(self.pep, model, num_embeddings, weighted, device)
+
+        return factory
+
+    def hooks(self, session: Any) -> List[StepHook]:
+        provider = session.model.provider
+        if not isinstance(provider, ThresholdEmbeddingProvider):
+            raise TypeError(f"PEP needs a ThresholdEmbeddingProvider, got {type(provider).__name__}")
+        init_threshold_tables(provider)  # after init_tables (open_session), before any evaluation
+        train = session.cfg.train
+        planned = train.epochs * len(session.train_loader)
+        planned = min(planned, train.max_steps) if train.max_steps else planned
+        if train.patience:
+            # Pruning lowers validation quality by design; early stopping would end the search before the
+            # budgets are reached. The run ends at the last budget (or after train.epochs) instead.
+            log.warning("PEP search: train.patience = %d ignored (training runs to the last budget)", train.patience)
+            session.trainer.cfg = dataclasses.replace(train, patience=0)
+        self.hook = PEPHook(provider, self.pep.budgets, pressures(self.pep, planned), self.pep.check_every)
+        return [self.hook]
+
+    def save(self, session: Any, out_dir: Path) -> Dict[str, Any]:
+        provider = session.model.provider
+        thresholds = gather_thresholds(provider)  # collective: every rank calls it
+        snapshots = self.hook.snapshots if self.hook is not None else []
+        summary: Dict[str, Any] = {
+            "method": self.name,
+            "granularity": self.pep.granularity,
+            "gate": self.pep.gate,
+            "threshold_init": self.pep.threshold_init,
+            "pressure": self.pep.pressure,
+            "total": provider.embedding_params(),
+            "features": provider.feature_names,
+            "init": {"seed": self.cfg.train.seed, "std": self.cfg.train.init_std},
+            "tables": {t.name: [t.num_embeddings, provider.embedding_dim] for t in provider.tables},
+            "snapshots": [s.summary() for s in snapshots],
+        }
+        if thresholds is not None:  # rank 0
+            out = Path(out_dir)
+            out.mkdir(parents=True, exist_ok=True)
+            if self.hook is not None:
+                summary["snapshots"] = self.hook.write(out)
+            save_file({k: v.contiguous() for k, v in thresholds.items()}, str(out / "thresholds.safetensors"))
+            (out / "snapshots.json").write_text(json.dumps(summary, indent=2))
+        return summary

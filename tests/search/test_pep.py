@@ -1,0 +1,226 @@
+"""PEP search: the -150 trap, the working default prunes, snapshots at the right crossing, stop, save."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any, Dict, Optional, Tuple
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
+
+from recdim.config import Config, ModelConfig, TrainConfig
+from recdim.data.loader import EvalLoader, TrainLoader
+from recdim.data.prepared import SparseColumn, SplitArrays
+from recdim.data.schema import LabelKind
+from recdim.models.mf import MFArch
+from recdim.models.rec_model import RecModel
+from recdim.modules.threshold import DimensionThreshold, ThresholdEmbeddingProvider
+from recdim.search.pep import CoupledL2, LinearRamp, PEPMethod, pressures, table_pieces
+from recdim.search.pep_config import PEPConfig
+from recdim.train.checkpoint import Checkpointer
+from recdim.train.distributed import build_optimizer, init_distributed, shard_model
+from recdim.train.init import init_tables, table_rows
+from recdim.train.resume import CheckpointHook
+from recdim.train.trainer import Trainer
+
+K = 8
+USERS, ITEMS = 40, 30
+FEATURES = ["user", "item"]
+
+
+def ratings(n: int, seed: int) -> SplitArrays:
+    """Rating = 3 + <u, v> for a rank-2 teacher, plus noise."""
+    g = np.random.default_rng(seed)
+    u_f, v_f = np.random.default_rng(100).normal(size=(USERS, 2)), np.random.default_rng(101).normal(size=(ITEMS, 2))
+    u, i = g.integers(0, USERS, n), g.integers(0, ITEMS, n)
+    y = (3.0 + (u_f[u] * v_f[i]).sum(1) + 0.1 * g.normal(size=n)).astype(np.float32)
+    col = lambda x: SparseColumn(x.astype(np.int64), np.arange(n + 1, dtype=np.int64))  # noqa: E731
+    return SplitArrays(y, np.zeros((n, 0), np.float32), {"user": col(u), "item": col(i)})
+
+
+def session(pep: PEPConfig, train_cfg: TrainConfig, ckpt: Optional[Path] = None) -> Tuple[PEPMethod, Any, TrainLoader, EvalLoader]:
+    """A one-process DMP session (fused table optimizer) with the PEP method's provider and hooks, and
+    the checkpoint hook (installed last, as ``open_session`` does) when ``ckpt`` is given."""
+    ctx = init_distributed("cpu")
+    cfg = Config(model=ModelConfig(arch="mf", embedding_dim=K), train=train_cfg)
+    method = PEPMethod(cfg, pep)
+    torch.manual_seed(0)
+    provider = method.provider_factory(None, FEATURES)(cfg.model, {"user": USERS, "item": ITEMS}, False, torch.device("meta"))  # type: ignore[arg-type]
+    model = RecModel(provider, MFArch(FEATURES, K, 0, init_bias=3.0))
+    dmp = shard_model(model, train_cfg, ctx)
+    init_tables(dmp, train_cfg.seed, train_cfg.init_std)
+    train = TrainLoader(ratings(2000, 1), FEATURES, 64)
+    val = EvalLoader(ratings(400, 2), FEATURES, 400)
+    trainer = Trainer(dmp, build_optimizer(dmp, train_cfg, ctx), LabelKind.RATING, train_cfg, ctx)
+    sess = SimpleNamespace(cfg=cfg, ctx=ctx, model=model, dmp=dmp, trainer=trainer, train_loader=train)
+    trainer.hooks = method.hooks(sess)
+    if ckpt is not None:
+        trainer.hooks.append(CheckpointHook(Checkpointer(ckpt), every=train_cfg.checkpoint_every))
+    return method, sess, train, val
+
+
+def tiny_kjt() -> KeyedJaggedTensor:
+    return KeyedJaggedTensor.from_lengths_sync(
+        keys=FEATURES, values=torch.tensor([1, 2, 3, 0, 4, 5, 6]), lengths=torch.tensor([2, 0, 1, 1, 2, 1], dtype=torch.int32)
+    )
+
+
+def test_paper_init_has_exactly_zero_threshold_gradient() -> None:
+    """The trap: at s = -150 float32 sigmoid and its gradient are exactly 0, so s never learns; only a
+    coupled weight decay (the published code's Adam weight_decay) moves it, by ~lr per step."""
+    assert torch.sigmoid(torch.tensor(-150.0)).item() == 0.0
+    grads: Dict[float, torch.Tensor] = {}
+    for init in (-150.0, -8.0):
+        provider = ThresholdEmbeddingProvider({"user": USERS, "item": ITEMS}, K, DimensionThreshold(K, init))
+        init_tables(provider, 0, 0.05)
+        out = provider(tiny_kjt()).values()
+        (out * torch.randn(out.shape, generator=torch.Generator().manual_seed(0))).sum().backward()
+        grads[init] = provider.thresholds.s.grad.clone()
+        assert provider.ec.embeddings["t_user"].weight.grad.abs().sum() > 0
+    assert torch.equal(grads[-150.0], torch.zeros(K))
+    assert (grads[-8.0] != 0).all()  # the working init: g(s) ~ 3e-4, its gradient representable
+
+    # the paper's variant: coupled L2 (= Adam weight decay) is the only gradient s gets
+    cfg = PEPConfig.paper(granularity="dimension", weight_decay=1e-4)
+    (pressure,) = pressures(cfg, planned_steps=0)
+    assert isinstance(pressure, CoupledL2)
+    provider = ThresholdEmbeddingProvider({"user": USERS, "item": ITEMS}, K, DimensionThreshold(K, cfg.threshold_init))
+    init_tables(provider, 0, 0.05)
+    pressure.attach(provider, 0)
+    opt = torch.optim.Adam(provider.threshold_parameters(), lr=0.01)
+    for _ in range(20):
+        opt.zero_grad()
+        provider(tiny_kjt()).values().sum().backward()
+        torch.testing.assert_close(provider.thresholds.s.grad, 1e-4 * provider.thresholds.s.detach())
+        opt.step()
+    torch.testing.assert_close(provider.thresholds.s.detach(), torch.full((K,), -150.0 + 20 * 0.01), atol=1e-3, rtol=0)
+    with pytest.raises(ValueError):
+        PEPConfig.paper(granularity="feature_dimension")
+
+
+def test_default_config_prunes_within_a_few_hundred_steps(tmp_path: Path) -> None:
+    """Default PEP dynamics (feature-dimension thresholds in the table, init -8, ramp to 0 over the run)
+    on a tiny MF problem: within 310 steps over 40% of the values are pruned, so budgets 0.75 and 0.6
+    are snapshotted and the run stops at the second; save() writes what it found."""
+    pep = PEPConfig(budgets=(0.75, 0.6))
+    train_cfg = TrainConfig(epochs=10, batch_size=64, lr=1e-2, device="cpu", progress=False)
+    method, sess, train, val = session(pep, train_cfg)
+    provider = sess.model.provider
+    assert sess.trainer.cfg.patience == 0  # early stopping is off for the search
+    for _, name, local, (r0, r1), _ in table_pieces(provider):  # thresholds written after init_tables
+        assert torch.equal(local[:, 1::2], torch.full((r1 - r0, K), pep.threshold_init))
+        key = f"provider.ec.embeddings.{name}.weight"
+        torch.testing.assert_close(local[:, 0::2], table_rows(0, key, (r0, r1), (0, 2 * K), 2 * K, train_cfg.init_std)[:, 0::2])
+
+    sess.trainer.fit(train, val)
+    hook = method.hook
+    nnz, total = hook.last_count
+    assert total == (USERS + ITEMS) * K and nnz <= 0.6 * total
+    assert [s.budget for s in hook.snapshots] == [0.75, 0.6]
+    assert 0 < hook.snapshots[0].step < hook.snapshots[1].step == sess.trainer.global_step < 310
+
+    summary = method.save(sess, tmp_path)
+    index = json.loads((tmp_path / "snapshots.json").read_text())
+    assert index["snapshots"][0]["budget"] == 0.75 and index["init"] == {"seed": 0, "std": train_cfg.init_std}
+    masks = load_file(str(tmp_path / index["snapshots"][0]["file"]))
+    assert masks["t_user"].dtype == torch.bool and masks["t_user"].shape == (USERS, K)
+    assert sum(int(m.sum()) for m in masks.values()) == hook.snapshots[0].nnz
+    thresholds = load_file(str(tmp_path / "thresholds.safetensors"))
+    assert thresholds["t_item"].shape == (ITEMS, K) and thresholds["offset"].shape == (1,)
+    assert summary["granularity"] == "feature_dimension"
+
+
+CROSSING = PEPConfig(granularity="global", threshold_init=-6.0, ramp_steps=200, ramp_to=-1.0, budgets=(0.8, 0.5, 0.2))
+
+
+def frozen_cfg(**kwargs: Any) -> TrainConfig:
+    """Every learning rate 0: only the ramp moves the threshold."""
+    return TrainConfig(epochs=20, batch_size=64, lr=0.0, embedding_optimizer="sgd", embedding_lr=0.0, device="cpu", progress=False, **kwargs)
+
+
+def expected_crossings(provider: ThresholdEmbeddingProvider) -> Tuple[Dict[float, int], Any]:
+    """First step at or under each budget, and ``step -> masks``, from the (fixed) initial table."""
+    values = {name: local.detach().clone() for _, name, local, _, _ in table_pieces(provider)}
+    total = sum(v.numel() for v in values.values())
+    rate = (CROSSING.ramp_to - CROSSING.threshold_init) / 200
+
+    def masks_at(step: int) -> Dict[str, torch.Tensor]:
+        g = torch.sigmoid(torch.tensor(CROSSING.threshold_init) + torch.tensor(rate * step, dtype=torch.float32))
+        return {k: v.abs() > g for k, v in values.items()}
+
+    expected, step = {}, 0
+    for b in CROSSING.budgets:
+        while sum(int(m.sum()) for m in masks_at(step).values()) > b * total:
+            step += 1
+        expected[b] = step
+    return expected, masks_at
+
+
+def test_snapshots_at_the_crossing_and_stop_at_last_budget(tmp_path: Path) -> None:
+    """With every learning rate 0 only the ramp moves the (global) threshold, so the count at each step
+    is known from the initial table: snapshots must land on the first step at or under each budget, with
+    that step's masks, and training must stop at the last one."""
+    pep = CROSSING
+    method, sess, train, val = session(pep, frozen_cfg())
+    expected, masks_at = expected_crossings(sess.model.provider)
+    rate = (pep.ramp_to - pep.threshold_init) / 200
+    assert 0 < expected[0.8] < expected[0.5] < expected[0.2] < 20 * len(train)
+
+    sess.trainer.fit(train, val)
+    hook = method.hook
+    assert [(s.budget, s.step) for s in hook.snapshots] == [(b, expected[b]) for b in pep.budgets]
+    assert sess.trainer.global_step == expected[0.2]  # stopped at the last budget
+    assert hook.should_stop(sess.trainer)
+    for snap in hook.snapshots:
+        got = snap.masks(K)
+        for name, m in masks_at(snap.step).items():
+            assert torch.equal(got[name], m)
+
+    method.save(sess, tmp_path)
+    index = json.loads((tmp_path / "snapshots.json").read_text())
+    assert [(e["budget"], e["step"]) for e in index["snapshots"]] == [(b, expected[b]) for b in pep.budgets]
+    for e in index["snapshots"]:
+        saved = load_file(str(tmp_path / e["file"]))
+        assert sum(int(m.sum()) for m in saved.values()) == e["nnz"] <= e["budget"] * e["total"]
+        assert e["threshold_offset"] == pytest.approx(rate * e["step"], rel=1e-6)  # the ramp then
+    thresholds = load_file(str(tmp_path / "thresholds.safetensors"))
+    torch.testing.assert_close(thresholds["s"], torch.tensor([pep.threshold_init]))
+    # thresholds are saved as the model ends training: the trainer restores its best validation epoch
+    assert 0 < float(thresholds["offset"]) <= rate * expected[0.2] + 1e-6
+
+
+def test_resume_keeps_snapshots_and_ramp(tmp_path: Path) -> None:
+    """A run checkpointed after the second budget and resumed by a fresh session ends exactly like an
+    uninterrupted one: same snapshot steps and masks, stop at the last budget."""
+    _, sess, _, _ = session(CROSSING, frozen_cfg())
+    expected, masks_at = expected_crossings(sess.model.provider)
+    cut = expected[0.5] + 2
+    first, sess, train, val = session(CROSSING, frozen_cfg(max_steps=cut, checkpoint_every=cut), ckpt=tmp_path / "ckpt")
+    sess.trainer.fit(train, val)
+    assert [s.budget for s in first.hook.snapshots] == [0.8, 0.5] and sess.trainer.global_step == cut
+
+    resumed, sess, train, val = session(CROSSING, frozen_cfg(), ckpt=tmp_path / "ckpt")
+    result = sess.trainer.fit(train, val)
+    assert result.resumed_from_step == cut
+    assert [(s.budget, s.step) for s in resumed.hook.snapshots] == [(b, expected[b]) for b in CROSSING.budgets]
+    assert sess.trainer.global_step == expected[0.2]
+    for snap in resumed.hook.snapshots:
+        for name, m in masks_at(snap.step).items():
+            assert torch.equal(snap.masks(K)[name], m)
+
+
+def test_linear_ramp_offsets() -> None:
+    provider = ThresholdEmbeddingProvider({"user": USERS, "item": ITEMS}, K, DimensionThreshold(K, -8.0))
+    ramp = LinearRamp(0.5, start=10)
+    ramp.attach(provider, 4)
+    assert float(provider.threshold_offset) == 0.0
+    ramp.after_step(provider, 14)
+    assert float(provider.threshold_offset) == 2.0
+    (p,) = pressures(PEPConfig(threshold_init=-10.0, ramp_to=-2.0), planned_steps=400)
+    assert isinstance(p, LinearRamp) and p.rate == pytest.approx(0.02)
+    assert pressures(PEPConfig(ramp_steps=100), planned_steps=400)[0].rate == pytest.approx(0.08)
