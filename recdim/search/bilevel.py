@@ -71,6 +71,14 @@ class BilevelHook(StepHook):
         self.grad_transform = grad_transform
         self.after_arch_step = after_arch_step
         self.optimizer = torch.optim.Adam(self.params, lr=cfg.arch_lr)
+        # Materialise Adam's moments (zeros, step 0: the same first step as a fresh Adam) so that the
+        # checkpoint template always has them and a resumed run reads the saved moments back.
+        for p in self.params:
+            self.optimizer.state[p] = {
+                "step": torch.tensor(0.0),
+                "exp_avg": torch.zeros_like(p, memory_format=torch.preserve_format),
+                "exp_avg_sq": torch.zeros_like(p, memory_format=torch.preserve_format),
+            }
         self._pass = 0
         self._iter: Iterator[Batch] = iter(())
         self.arch_steps = 0
