@@ -49,7 +49,7 @@ pooling themselves add little.
 from __future__ import annotations
 
 import abc
-from typing import Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import torch
 from torch import nn
@@ -331,6 +331,16 @@ class ThresholdEmbeddingProvider(EmbeddingProvider):
         """
         values, s, value_cols = self.thresholds.split_piece(feature, piece, cols)
         return soft_threshold(values, self.threshold(s)) != 0, value_cols
+
+    @torch.no_grad()
+    def effective_weights(self, tables: Mapping[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
+        """``S(V, s) = sign(V) · relu(|V| − g(s))`` for every id of every feature."""
+        out: Dict[str, torch.Tensor] = {}
+        for i, f in enumerate(self._feature_names):
+            full = tables[table_name(f)]
+            values, s, _ = self.thresholds.split_piece(i, full, (0, full.size(1)))
+            out[f] = soft_threshold(values, self.threshold(s.to(values.device)))
+        return out
 
     def threshold_parameters(self) -> List[nn.Parameter]:
         """The dense thresholds (empty when s lives in the table)."""

@@ -4,6 +4,7 @@ import torch
 from torchrec import KeyedJaggedTensor
 
 from recdim.modules.soft_selection import SoftSelectionProvider
+from recdim.modules.threshold import GATES, ThresholdEmbeddingProvider, make_thresholds
 from recdim.modules.uniform import UniformEmbeddingProvider
 from recdim.search.blocking import make_block_plan
 from recdim.train.init import full_tables, init_tables
@@ -20,6 +21,9 @@ def providers():
         with torch.no_grad():
             p.alpha.uniform_(0, 1)
         yield p
+    for granularity in ("global", "dimension", "feature", "feature_dimension"):
+        t = make_thresholds(granularity, list(SIZES), K, init=-2.5)
+        yield ThresholdEmbeddingProvider(SIZES, K, t, GATES["sigmoid"], device=torch.device("cpu"))
 
 
 def test_single_id_output_equals_effective_row():
@@ -27,6 +31,9 @@ def test_single_id_output_equals_effective_row():
         holder = torch.nn.Module()
         holder.provider = provider
         init_tables(holder, seed=3, std=0.1)
+        if isinstance(provider, ThresholdEmbeddingProvider):  # thresholds stored in the table, if any
+            for w in (provider.ec.embeddings[t.name].weight for t in provider.tables):
+                provider.thresholds.init_piece(w.data, (0, w.size(1)))
         eff = provider.effective_weights(full_tables(holder))
         for f, n in SIZES.items():
             other = [g for g in SIZES if g != f][0]
