@@ -22,7 +22,7 @@ $(VENV)/.installed: pyproject.toml Makefile
 	touch $@
 
 demo: env
-	$(VENV)/bin/recdim demo --config configs/demo.toml --out runs/demo
+	$(VENV)/bin/recdim run --config configs/demo.toml --out runs/demo
 
 test: env
 	OMP_NUM_THREADS=1 $(PY) -m pytest -q $(PYTEST_ARGS)

@@ -57,14 +57,55 @@ def cmd_search(cfg: Config, args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_demo(cfg: Config, args: argparse.Namespace) -> int:
-    """Prepares the configured data when it is not there yet, then trains."""
-    from recdim.data.preprocess import prepare
+def cmd_prune(cfg: Config, args: argparse.Namespace) -> int:
+    from recdim.prune.run import run_prune
 
-    data = Path(cfg.data_path)
-    if not (data / "meta.json").exists():
-        prepare(cfg.prepare)
-    return cmd_train(cfg, args)
+    for d in run_prune(cfg, Path(args.from_dir), Path(args.out)):
+        print(f"pruned model: {d}")
+    return 0
+
+
+def cmd_retrain(cfg: Config, args: argparse.Namespace) -> int:
+    from recdim.prune.retrain import run_retrain
+
+    results = run_retrain(cfg, Path(args.from_dir), Path(args.out))
+    if _is_main():
+        print(f"retrained CR {results['prune']['cr']:.2f}: " + _summary(results))
+        print(f"artifact: {results['export']}")
+    return 0
+
+
+def cmd_export(cfg: Config, args: argparse.Namespace) -> int:
+    from recdim.prune.export_run import export_retrained
+
+    path = export_retrained(Path(args.from_dir), Path(args.out))
+    print(f"artifact: {path}")
+    return 0
+
+
+def cmd_predict(cfg: Config, args: argparse.Namespace) -> int:
+    from recdim.export.predict import predict_file
+
+    n = predict_file(Path(args.model), Path(args.input), Path(args.out))
+    print(f"{n} predictions written to {args.out}")
+    return 0
+
+
+def cmd_inspect(cfg: Config, args: argparse.Namespace) -> int:
+    from recdim.export.inspect import format_summary, summarize
+
+    print(format_summary(summarize(Path(args.model))))
+    return 0
+
+
+def cmd_run(cfg: Config, args: argparse.Namespace) -> int:
+    """prepare -> search -> prune -> retrain -> export -> report."""
+    from recdim.pipeline import run_pipeline
+
+    report = run_pipeline(cfg, Path(args.out), args.config, args.overrides)
+    if _is_main():
+        print((Path(args.out) / "report.md").read_text())
+    return 0
 
 
 def _is_main() -> bool:
@@ -77,7 +118,12 @@ COMMANDS = {
     "prepare": (cmd_prepare, "raw files -> Parquet shards + stats", None),
     "train": (cmd_train, "train the uniform-dimension baseline", "runs/train"),
     "search": (cmd_search, "learn embedding dimensions with a search method", "runs/search"),
-    "demo": (cmd_demo, "prepare (if needed) and train on the configured data", "runs/demo"),
+    "prune": (cmd_prune, "masks at each budget from a search run (--from RUN)", "runs/pruned"),
+    "retrain": (cmd_retrain, "retrain a pruned model on its tier tables and export it (--from PRUNED/cr-X)", "runs/retrain"),
+    "export": (cmd_export, "write the serving artifact of a retrain run (--from RUN)", "runs/export"),
+    "predict": (cmd_predict, "score a prepared-format Parquet/CSV file with an artifact", "predictions.csv"),
+    "inspect": (cmd_inspect, "per-table dims, bytes and compression of an artifact", None),
+    "run": (cmd_run, "the whole pipeline: prepare, search, prune, retrain, export, report", "runs/run"),
 }
 
 
@@ -90,6 +136,12 @@ def build_parser() -> argparse.ArgumentParser:
         _common(p, out_default)
         if name == "search":
             p.add_argument("--method", choices=["dnis", "autosrh", "pep", "autodim"], help="overrides search.method")
+        if name in ("prune", "retrain", "export"):
+            p.add_argument("--from", dest="from_dir", required=True, help="the run directory to start from")
+        if name in ("predict", "inspect"):
+            p.add_argument("--model", required=True, help="an exported artifact directory")
+        if name == "predict":
+            p.add_argument("--input", required=True, help="Parquet or CSV file in the prepared dataset's columns")
     return parser
 
 

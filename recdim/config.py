@@ -237,6 +237,32 @@ class SearchConfig:
 
 
 @dataclass(frozen=True)
+class PruneConfig:
+    """``recdim prune`` / ``recdim retrain``: budgets, tiers and how retraining starts.
+
+    Args:
+        crs: compression rates to prune to (uniform parameters / kept parameters; 4 keeps a quarter).
+            DNIS / AutoSrh meet each exactly by magnitude; PEP uses its snapshots (one per budget it
+            reached); AutoDim's selected dimensions imply one rate.
+        eps: DNIS / AutoSrh magnitude threshold instead of ``crs`` (0 = use ``crs``).
+        max_tiers: the most tier tables per pruned table.
+        init: how retraining starts: ``method`` (each method's own rule: DNIS / AutoSrh keep the searched
+            values with alpha folded in and the searched arch; PEP rewinds to the initial values under
+            the mask, the lottery ticket; AutoDim starts fresh), ``inherit`` (searched values and arch)
+            or ``fresh`` (new initial values under the mask, new arch).
+    """
+
+    crs: Tuple[float, ...] = (2.0, 4.0, 8.0)
+    eps: float = 0.0
+    max_tiers: int = 4
+    init: Literal["method", "inherit", "fresh"] = "method"
+
+    def __post_init__(self) -> None:
+        if any(c < 1 for c in self.crs):
+            raise ValueError(f"compression rates must be >= 1, got {self.crs}")
+
+
+@dataclass(frozen=True)
 class Config:
     """A whole experiment: prepare, data, model, train and search sections (all optional in the file).
 
@@ -256,6 +282,7 @@ class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     search: SearchConfig = field(default_factory=SearchConfig)
+    prune: PruneConfig = field(default_factory=PruneConfig)
 
     @property
     def data_path(self) -> str:

@@ -128,31 +128,46 @@ class PreparedDataset:
             except (OSError, pa.ArrowInvalid) as e:
                 raise ValueError(f"{f}: cannot read Parquet shard: {e}") from e
         table = pa.concat_tables(tables) if tables else None
-        n = 0 if table is None else table.num_rows
-        labels = np.zeros(0, np.float32) if table is None else _np(table, "label", np.float32)
-        dense = np.zeros((n, len(self.schema.dense_names)), np.float32)
-        for j, name in enumerate(self.schema.dense_names):
-            dense[:, j] = _np(table, name, np.float32)
-        sparse: Dict[str, SparseColumn] = {}
-        for name in names:
-            spec = self.schema[name]
-            if spec.kind == FieldKind.CATEGORICAL:
-                vals = _np(table, name, np.int64)
-                sparse[name] = SparseColumn(vals, np.arange(n + 1, dtype=np.int64))
-            elif spec.kind == FieldKind.MULTI_CATEGORICAL:
-                col = table.column(name).combine_chunks()
-                offsets = col.offsets.to_numpy().astype(np.int64)
-                vals = col.values.to_numpy().astype(np.int64)
-                sparse[name] = SparseColumn(vals[offsets[0] : offsets[-1]], offsets - offsets[0])
-            else:  # WEIGHTED: one id 0 per row, weighted by the value
-                w = _np(table, name, np.float32)
-                sparse[name] = SparseColumn(np.zeros(n, np.int64), np.arange(n + 1, dtype=np.int64), w)
-            col = sparse[name]
-            if col.values.size and (col.values.min() < 0 or col.values.max() >= spec.num_embeddings):
-                raise ValueError(
-                    f"{self.path / split}: field {name!r} has ids outside [0, {spec.num_embeddings})"
-                )
-        return SplitArrays(labels=labels, dense=dense, sparse=sparse)
+        return arrays_from_table(table, self.schema, names, str(self.path / split))
+
+
+def arrays_from_table(table: Optional[pa.Table], schema: Schema, names: Sequence[str], where: str) -> SplitArrays:
+    """Decodes a table in the prepared columns (``docs/data-format.md``) into :class:`SplitArrays`.
+
+    Args:
+        table: rows with ``label`` (optional: zeros when absent), the dense fields and ``names``.
+        schema: the dataset's schema.
+        names: sparse features to decode, in order.
+        where: file or split named in errors.
+    """
+    n = 0 if table is None else table.num_rows
+    if table is not None:
+        missing = [c for c in [*schema.dense_names, *names] if c not in table.column_names]
+        if missing:
+            raise ValueError(f"{where}: missing columns {missing}")
+    has_label = table is not None and "label" in table.column_names
+    labels = _np(table, "label", np.float32) if has_label else np.zeros(n, np.float32)
+    dense = np.zeros((n, len(schema.dense_names)), np.float32)
+    for j, name in enumerate(schema.dense_names):
+        dense[:, j] = _np(table, name, np.float32)
+    sparse: Dict[str, SparseColumn] = {}
+    for name in names:
+        spec = schema[name]
+        if spec.kind == FieldKind.CATEGORICAL:
+            vals = _np(table, name, np.int64)
+            sparse[name] = SparseColumn(vals, np.arange(n + 1, dtype=np.int64))
+        elif spec.kind == FieldKind.MULTI_CATEGORICAL:
+            col = table.column(name).combine_chunks()
+            offsets = col.offsets.to_numpy().astype(np.int64)
+            vals = col.values.to_numpy().astype(np.int64)
+            sparse[name] = SparseColumn(vals[offsets[0] : offsets[-1]], offsets - offsets[0])
+        else:  # WEIGHTED: one id 0 per row, weighted by the value
+            w = _np(table, name, np.float32)
+            sparse[name] = SparseColumn(np.zeros(n, np.int64), np.arange(n + 1, dtype=np.int64), w)
+        col = sparse[name]
+        if col.values.size and (col.values.min() < 0 or col.values.max() >= spec.num_embeddings):
+            raise ValueError(f"{where}: field {name!r} has ids outside [0, {spec.num_embeddings})")
+    return SplitArrays(labels=labels, dense=dense, sparse=sparse)
 
 
 def _np(table: pa.Table, name: str, dtype: type) -> np.ndarray:

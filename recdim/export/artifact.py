@@ -1,0 +1,295 @@
+"""The exported-model artifact: a directory of safetensors files and a ``manifest.json`` that names them.
+
+Layout::
+
+    <dir>/manifest.json                 format version, schema, arch config, tables, tiers, bytes, sha256s
+    <dir>/arch.safetensors              the interaction arch's state dict
+    <dir>/tables/<i>-<table>.safetensors
+        tier<j>.values      [n_j, d_j] float32
+        tier<j>.column_map  [d_j] or [n_j, d_j] int8 / int16
+        remap               [N] (dense remap)   or   run_starts, run_bases [R] (run remap)
+
+Nothing is pickled: tensors load with ``safetensors`` and the manifest is JSON. Every tensor file is
+written to a temporary name, fsynced and renamed; the manifest is written last the same way (and an old
+manifest is removed first), so a crash mid-export never leaves a directory that reads as complete.
+Reading checks the size and sha256 of every file before parsing it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
+
+import torch
+from safetensors.torch import load as st_load
+from safetensors.torch import save as st_save
+
+from recdim.config import ModelConfig
+from recdim.config_io import from_dict, to_dict
+from recdim.data.schema import FieldKind, Schema
+from recdim.prune.plan import TablePlan, TierPlan, remap_from_tensors
+
+FORMAT = "recdim-mixed-dim"
+FORMAT_VERSION = 1
+MANIFEST = "manifest.json"
+ARCH_FILE = "arch.safetensors"
+
+_DTYPES = {str(d).replace("torch.", ""): d for d in (torch.float32, torch.int8, torch.int16, torch.int32, torch.int64)}
+
+
+class ArtifactError(ValueError):
+    """An artifact directory is incomplete, corrupt, edited or of an unknown format."""
+
+
+@dataclass(frozen=True, eq=False)
+class Artifact:
+    """A verified, loaded artifact.
+
+    Args:
+        path: its directory.
+        manifest: the parsed ``manifest.json``.
+        schema: the feature schema.
+        model: the arch config (K, arch, MLP sizes, pooling).
+        features: sparse features in provider order (F).
+        plans: one table plan per feature.
+        tier_values: ``{table: [per tier [n_j, d_j] float32]}``.
+        arch_state: the arch's state dict.
+    """
+
+    path: Path
+    manifest: Dict[str, Any]
+    schema: Schema
+    model: ModelConfig
+    features: List[str]
+    plans: List[TablePlan]
+    tier_values: Dict[str, List[torch.Tensor]]
+    arch_state: Dict[str, torch.Tensor]
+
+    @property
+    def multi_valued(self) -> List[str]:
+        return [f for f in self.features if self.schema[f].kind == FieldKind.MULTI_CATEGORICAL]
+
+    @property
+    def is_weighted(self) -> bool:
+        return any(self.schema[f].kind == FieldKind.WEIGHTED for f in self.features)
+
+
+def _dtype_name(t: torch.Tensor) -> str:
+    return str(t.dtype).replace("torch.", "")
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "wb") as fh:
+        fh.write(data)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+
+
+def _write_tensors(root: Path, rel: str, tensors: Mapping[str, torch.Tensor]) -> Dict[str, Any]:
+    data = st_save({k: v.detach().cpu().contiguous() for k, v in tensors.items()})
+    _atomic_write(root / rel, data)
+    return {"sha256": hashlib.sha256(data).hexdigest(), "size": len(data)}
+
+
+def _file_name(i: int, table: str) -> str:
+    return f"tables/{i}-{re.sub(r'[^A-Za-z0-9_.-]', '_', table)}.safetensors"
+
+
+def write_artifact(
+    path: Union[str, Path],
+    plans: Sequence[TablePlan],
+    tier_values: Mapping[str, Sequence[torch.Tensor]],
+    arch_state: Mapping[str, torch.Tensor],
+    model: ModelConfig,
+    schema: Schema,
+    extra: Optional[Mapping[str, Any]] = None,
+) -> Dict[str, Any]:
+    """Writes an artifact directory (tensor files first, the manifest last and atomically).
+
+    Args:
+        path: the directory (created; an existing artifact there is replaced, its manifest removed first).
+        plans: one plan per sparse feature, in provider order.
+        tier_values: ``{table: per tier [n_j, d_j]}`` (stored as float32).
+        arch_state: the arch's state dict.
+        model: the arch config.
+        schema: the feature schema (its sparse fields must include every plan's feature).
+        extra: JSON-ready metadata stored under ``"extra"`` (metrics, run config, ...).
+
+    Returns:
+        The manifest written.
+
+    Example::
+
+        write_artifact("out/model", plans, provider.tier_weights(), model.arch.state_dict(), cfg.model, schema)
+    """
+    root = Path(path)
+    (root / "tables").mkdir(parents=True, exist_ok=True)
+    manifest_path = root / MANIFEST
+    if manifest_path.exists():
+        manifest_path.unlink()
+        _fsync_dir(root)
+    files: Dict[str, Any] = {ARCH_FILE: _write_tensors(root, ARCH_FILE, arch_state)}
+    tables = []
+    totals = {"values": 0, "column_maps": 0, "remap": 0, "uniform": 0, "floor": 0}
+    for i, plan in enumerate(plans):
+        if plan.feature not in schema.fields_by_name:
+            raise ValueError(f"table {plan.name}: feature {plan.feature!r} is not in the schema")
+        values = [v.detach().to(torch.float32) for v in tier_values[plan.name]]
+        if len(values) != len(plan.tiers):
+            raise ValueError(f"table {plan.name}: {len(values)} tier tensors for {len(plan.tiers)} tiers")
+        tensors: Dict[str, torch.Tensor] = {}
+        for j, (t, v) in enumerate(zip(plan.tiers, values)):
+            if tuple(v.shape) != (t.num_rows, t.width):
+                raise ValueError(f"{t.name}: values {tuple(v.shape)} != [{t.num_rows}, {t.width}]")
+            tensors[f"tier{j}.values"] = v
+        tensors.update(plan.tensors())
+        rel = _file_name(i, plan.name)
+        files[rel] = _write_tensors(root, rel, tensors)
+        b = plan.bytes()
+        for k in totals:
+            totals[k] += getattr(b, k)
+        tables.append({
+            "name": plan.name,
+            "feature": plan.feature,
+            "file": rel,
+            "num_embeddings": plan.num_embeddings,
+            "embedding_dim": plan.embedding_dim,
+            "kept_rows": plan.kept_rows,
+            "dropped_rows": plan.dropped_rows,
+            "remap": {"kind": plan.remap.kind, "tensors": {k: {"dtype": _dtype_name(v), "shape": list(v.shape)}
+                                                           for k, v in plan.remap.tensors().items()}},
+            "tiers": [{
+                "name": t.name, "feature_name": t.feature_name, "width": t.width, "rows": t.num_rows,
+                "column_map": "shared" if t.shared else "per_row", "values_dtype": "float32",
+                "map_dtype": _dtype_name(t.column_map),
+            } for t in plan.tiers],
+            "bytes": b.to_dict(),
+        })
+    totals["total"] = totals["values"] + totals["column_maps"] + totals["remap"]
+    manifest = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "schema": schema.to_json(),
+        "model": to_dict(model),
+        "features": [p.feature for p in plans],
+        "num_dense": len(schema.dense_names),
+        "tables": tables,
+        "bytes": totals,
+        "files": files,
+        "extra": dict(extra or {}),
+    }
+    _atomic_write(manifest_path, json.dumps(manifest, indent=2, sort_keys=False).encode())
+    _fsync_dir(root)
+    return manifest
+
+
+def _read_verified(root: Path, rel: str, entry: Mapping[str, Any]) -> Dict[str, torch.Tensor]:
+    """The tensors of file ``rel`` after checking its size and sha256 against the manifest."""
+    path = root / rel
+    if not path.is_file():
+        raise ArtifactError(f"{path}: missing (listed in {MANIFEST})")
+    data = path.read_bytes()
+    if len(data) != entry["size"]:
+        raise ArtifactError(f"{path}: {len(data)} bytes, the manifest says {entry['size']} (truncated or replaced)")
+    digest = hashlib.sha256(data).hexdigest()
+    if digest != entry["sha256"]:
+        raise ArtifactError(f"{path}: sha256 {digest} does not match the manifest's {entry['sha256']} (edited or corrupt)")
+    try:
+        return st_load(data)
+    except Exception as e:  # safetensors raises its own error types
+        raise ArtifactError(f"{path}: not a readable safetensors file: {e}") from e
+
+
+def _expect(tensors: Mapping[str, torch.Tensor], name: str, dtype: str, shape: Sequence[int], where: str) -> torch.Tensor:
+    if name not in tensors:
+        raise ArtifactError(f"{where}: tensor {name!r} missing")
+    t = tensors[name]
+    if _dtype_name(t) != dtype or list(t.shape) != list(shape):
+        raise ArtifactError(f"{where}: tensor {name!r} is {_dtype_name(t)}{list(t.shape)}, the manifest says {dtype}{list(shape)}")
+    return t
+
+
+def _load_table(root: Path, entry: Mapping[str, Any], tensors: Mapping[str, torch.Tensor]) -> Tuple[TablePlan, List[torch.Tensor]]:
+    where = str(root / entry["file"])
+    N, K = int(entry["num_embeddings"]), int(entry["embedding_dim"])
+    tiers, values = [], []
+    for j, t in enumerate(entry["tiers"]):
+        n, d = int(t["rows"]), int(t["width"])
+        values.append(_expect(tensors, f"tier{j}.values", t["values_dtype"], [n, d], where))
+        shape = [d] if t["column_map"] == "shared" else [n, d]
+        cmap = _expect(tensors, f"tier{j}.column_map", t["map_dtype"], shape, where)
+        if bool(((cmap < -1) | (cmap >= K)).any()):
+            raise ArtifactError(f"{where}: tier{j}.column_map has columns outside [-1, {K})")
+        tiers.append(TierPlan(t["name"], t["feature_name"], d, n, cmap))
+    spec = entry["remap"]
+    remap_t = {k: _expect(tensors, k, v["dtype"], v["shape"], where) for k, v in spec["tensors"].items()}
+    try:
+        plan = TablePlan(entry["name"], entry["feature"], N, K, tuple(tiers), remap_from_tensors(spec["kind"], remap_t))
+    except ValueError as e:
+        raise ArtifactError(f"{where}: {e}") from e
+    rows = plan.global_rows()
+    if rows.numel() and (int(rows.max()) >= plan.kept_rows or int(rows.min()) < -1):
+        raise ArtifactError(f"{where}: remap points outside the {plan.kept_rows} tier rows")
+    return plan, values
+
+
+def read_artifact(path: Union[str, Path]) -> Artifact:
+    """Reads and verifies an artifact directory (never unpickles anything).
+
+    Raises:
+        ArtifactError: no manifest (not an artifact, or an export that did not finish), unknown format,
+            a file missing, truncated or edited (the error names the file), or tensors that do not match
+            the manifest.
+
+    Example::
+
+        art = read_artifact("out/model")
+        art.plans[0].bytes().total, art.model.arch
+    """
+    root = Path(path)
+    manifest_path = root / MANIFEST
+    if not manifest_path.is_file():
+        raise ArtifactError(f"{root}: no {MANIFEST} (not an artifact, or its export did not finish)")
+    try:
+        manifest = json.loads(manifest_path.read_text())
+    except (OSError, ValueError) as e:
+        raise ArtifactError(f"{manifest_path}: unreadable manifest: {e}") from e
+    if manifest.get("format") != FORMAT or manifest.get("format_version") != FORMAT_VERSION:
+        raise ArtifactError(
+            f"{manifest_path}: format {manifest.get('format')!r} v{manifest.get('format_version')}, "
+            f"this reader knows {FORMAT!r} v{FORMAT_VERSION}"
+        )
+    try:
+        schema = Schema.from_json(manifest["schema"])
+        model = from_dict(ModelConfig, manifest["model"], source=str(manifest_path), prefix="model")
+        files = manifest["files"]
+        arch_state = _read_verified(root, ARCH_FILE, files[ARCH_FILE])
+        plans: List[TablePlan] = []
+        tier_values: Dict[str, List[torch.Tensor]] = {}
+        for entry in manifest["tables"]:
+            if entry["file"] not in files:
+                raise ArtifactError(f"{manifest_path}: table {entry['name']} file {entry['file']} has no checksum")
+            plan, values = _load_table(root, entry, _read_verified(root, entry["file"], files[entry["file"]]))
+            plans.append(plan)
+            tier_values[plan.name] = values
+    except KeyError as e:
+        raise ArtifactError(f"{manifest_path}: missing key {e}") from e
+    features = [str(f) for f in manifest["features"]]
+    if features != [p.feature for p in plans]:
+        raise ArtifactError(f"{manifest_path}: features {features} do not match the tables' features")
+    return Artifact(root, manifest, schema, model, features, plans, tier_values, arch_state)

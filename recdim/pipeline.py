@@ -1,0 +1,152 @@
+"""``recdim run``: prepare -> search -> prune (each budget) -> retrain on tiers -> export -> report.
+
+Every stage writes its own run directory under ``--out`` and is skipped when its ``results.json`` is
+already there, so a pipeline that stopped picks up where it was (training stages also resume from
+their checkpoints).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any, Dict, List, Optional
+
+import torch.distributed as dist
+
+from recdim.config import Config
+from recdim.report import write_report
+
+SEARCH_METHODS = ("dnis", "autosrh", "pep", "autodim")
+
+
+def _done(run_dir: Path) -> Optional[Dict[str, Any]]:
+    p = run_dir / "results.json"
+    return json.loads(p.read_text()) if p.exists() else None
+
+
+def _world() -> int:
+    return dist.get_world_size() if dist.is_initialized() else int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def _barrier() -> None:
+    if dist.is_initialized() and dist.get_world_size() > 1:
+        dist.barrier()
+
+
+def ensure_prepared(cfg: Config) -> None:
+    """Prepares ``cfg.prepare`` unless the data is already there (rank 0; others wait)."""
+    from recdim.data.preprocess import prepare
+
+    if not (Path(cfg.data_path) / "meta.json").exists():
+        if int(os.environ.get("RANK", "0")) == 0:
+            prepare(cfg.prepare)
+    _barrier()
+
+
+def prune_stage(cfg: Config, config_path: Optional[str], overrides: List[str], search_dir: Path, out: Path) -> List[Path]:
+    """Runs ``recdim prune`` (one process: it reads whole tables). Under several ranks rank 0 runs it as
+    a one-process subprocess and the others wait."""
+    from recdim.prune.run import run_prune
+
+    if not (out / "prune.json").exists():
+        if _world() == 1:
+            run_prune(cfg, search_dir, out)
+        else:
+            if dist.get_rank() == 0:
+                env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT", "GROUP_RANK", "ROLE_RANK", "TORCHELASTIC_RUN_ID")}
+                cmd = [sys.executable, "-m", "recdim.cli", "prune", "--from", str(search_dir), "--out", str(out)]
+                if config_path:
+                    cmd += ["--config", config_path]
+                for o in overrides:
+                    cmd += ["--set", o]
+                subprocess.run(cmd, check=True, env=env)
+            _barrier()
+    index = json.loads((out / "prune.json").read_text())
+    return [out / e["dir"] for e in index["pruned"]]
+
+
+def run_pipeline(cfg: Config, out: Path, config_path: Optional[str] = None, overrides: List[str] = ()) -> Dict[str, Any]:
+    """The whole chain for ``cfg.search.method`` plus the uniform baseline it is measured against.
+
+    Args:
+        cfg: the experiment.
+        out: the pipeline directory (``uniform/``, ``search/``, ``pruned/cr-*/``, ``retrain-cr-*/`` with
+            ``export/`` each, ``report.md``, ``report.json``).
+        config_path: the config file (passed on to the one-process prune step under torchrun).
+        overrides: the command-line overrides (likewise).
+
+    Example::
+
+        report = run_pipeline(load("configs/demo.toml"), Path("runs/demo"))
+    """
+    from recdim.prune.retrain import run_retrain
+    from recdim.search.run import run_search
+    from recdim.train.run import run_train
+
+    out = Path(out)
+    t0 = time.perf_counter()
+    ensure_prepared(cfg)
+    uniform = _done(out / "uniform") or run_train(cfg, out / "uniform")
+    search = _done(out / "search") or run_search(cfg, out / "search")
+    pruned = prune_stage(cfg, config_path, list(overrides), out / "search", out / "pruned")
+    retrained = [_done(out / f"retrain-{d.name}") or run_retrain(cfg, d, out / f"retrain-{d.name}") for d in pruned]
+    report = write_report(out, cfg, uniform, search, retrained, time.perf_counter() - t0)
+    return report
+
+
+def run_experiment(cfg: Config, method: str, cr: float, seed: int, out_dir: Path) -> Dict[str, Any]:
+    """One cell of a comparison: ``method`` at compression rate ``cr`` with ``seed``.
+
+    Search methods search (PEP with its budget at ``1 / cr``), prune to ``cr`` (AutoDim: the rate its
+    selected dimensions give) and retrain on tiers; ``ue@<d>`` retrains a uniform dimension d as tiers.
+    Model selection uses validation only; test is read once, by the retraining run.
+
+    Returns:
+        ``{"method", "cr", "seed", "val", "test", "params", "bytes", "search_time_s", "retrain_time_s"}``.
+    """
+    from recdim.prune.retrain import run_retrain
+    from recdim.search.run import run_search
+
+    out_dir = Path(out_dir)
+    train = dataclasses.replace(cfg.train, seed=seed, progress=False)
+    prune = dataclasses.replace(cfg.prune, crs=(cr,))
+    search_cfg = cfg.search
+    if method == "pep":
+        search_cfg = dataclasses.replace(search_cfg, pep=dataclasses.replace(search_cfg.pep, budgets=(min(0.999, 1.0 / cr),)))
+    cfg = dataclasses.replace(cfg, train=train, prune=prune, search=search_cfg)
+    search_time = 0.0
+    if method in SEARCH_METHODS:
+        search = _done(out_dir / "search") or run_search(cfg, out_dir / "search", method=method)
+        search_time = float(search["wall_time_s"])
+        pruned = prune_stage(cfg, None, [], out_dir / "search", out_dir / "pruned")
+    elif method.startswith("ue@"):
+        pruned = [_uniform_pruned(cfg, int(method[3:]), out_dir / "pruned")]
+    else:
+        raise ValueError(f"unknown method {method!r}")
+    result = _done(out_dir / "retrain") or run_retrain(cfg, pruned[0], out_dir / "retrain")
+    return {
+        "method": method, "cr": result["prune"]["cr"], "target_cr": cr, "seed": seed,
+        "val": result["val"], "test": result["test"], "params": result["params"], "bytes": result["bytes"],
+        "search_time_s": search_time, "retrain_time_s": result["retrain_time_s"],
+    }
+
+
+def _uniform_pruned(cfg: Config, dim: int, out: Path) -> Path:
+    """A pruned-model directory holding every row at dimension ``dim`` (fresh initialisation)."""
+    from recdim.data.prepared import PreparedDataset
+    from recdim.prune.derive import PrunedModel
+    from recdim.prune.masks import mask_stats, prefix_masks
+    from recdim.prune.planner import PlannerConfig
+    from recdim.prune.store import write_pruned
+
+    ds = PreparedDataset(cfg.data_path)
+    rows = {f: ds.schema[f].num_embeddings for f in ds.feature_names(cfg.data.features)}
+    masks = prefix_masks(rows, {f: dim for f in rows}, cfg.model.embedding_dim)
+    pm = PrunedModel(f"ue@{dim}", mask_stats(masks)["cr"], masks, info={"dim": dim, "init": "fresh"})
+    return write_pruned(out, pm, PlannerConfig(max_tiers=cfg.prune.max_tiers), {"uniform_dim": dim})
+

@@ -1,0 +1,166 @@
+"""Artifacts: identical predictions after a roundtrip, honest byte counts, refused corruption, no pickle."""
+
+import json
+import pickle
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from torchrec import KeyedJaggedTensor
+from torchrec.datasets.utils import Batch
+
+import recdim.export.artifact as artifact_mod
+from recdim.config import ModelConfig
+from recdim.data.schema import FieldKind, FieldSpec, LabelKind, Schema
+from recdim.export.artifact import MANIFEST, ArtifactError, read_artifact
+from recdim.export.inspect import format_summary, summarize
+from recdim.export.serving import export_masked, export_model, load_serving_model
+from recdim.models.factory import build_arch
+from recdim.models.rec_model import RecModel
+from recdim.modules.compressed import TieredEmbeddingProvider
+from recdim.prune.planner import PlannerConfig, plan_tables
+
+K = 8
+SIZES = {"user": 50, "tags": 30, "city": 20}
+KINDS = {"user": FieldKind.CATEGORICAL, "tags": FieldKind.MULTI_CATEGORICAL, "city": FieldKind.CATEGORICAL}
+
+
+def schema() -> Schema:
+    sparse = tuple(FieldSpec(f, KINDS[f], n, n - 1) for f, n in SIZES.items())
+    return Schema(fields=sparse + (FieldSpec("x0", FieldKind.DENSE), FieldSpec("x1", FieldKind.DENSE)), label=LabelKind.BINARY)
+
+
+def build(seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    masks = {}
+    for f, n in SIZES.items():
+        sets = torch.rand(2, K, generator=g) < 0.5
+        own = torch.rand(n, K, generator=g) < 0.4
+        m = torch.where((torch.rand(n, 1, generator=g) < 0.5), sets[torch.randint(0, 2, (n,), generator=g)], own)
+        m[torch.rand(n, generator=g) < 0.15] = False
+        masks[f] = m
+    plans = plan_tables(masks, PlannerConfig(max_tiers=2))
+    weights = {p.name: torch.randn(p.num_embeddings, K, generator=g) for p in plans}
+    cfg = ModelConfig(arch="deepfm", embedding_dim=K, mlp=(16, 8))
+    torch.manual_seed(seed)
+    arch = build_arch(cfg, list(SIZES), 2, 0.1)
+    provider = TieredEmbeddingProvider.from_masked_weights(plans, weights, multi_valued=["tags"])
+    return RecModel(provider, arch).eval(), cfg, plans, weights
+
+
+def batch(B: int = 20, seed: int = 1) -> Batch:
+    g = torch.Generator().manual_seed(seed)
+    lengths = torch.cat([torch.ones(B, dtype=torch.int32), torch.randint(0, 4, (B,), generator=g).int(), torch.ones(B, dtype=torch.int32)])
+    ids = torch.cat([torch.randint(0, SIZES[f], (int(n),), generator=g) for f, n in zip(SIZES, lengths.view(3, B).sum(1))])
+    kjt = KeyedJaggedTensor.from_lengths_sync(keys=list(SIZES), values=ids, lengths=lengths)
+    return Batch(dense_features=torch.randn(B, 2, generator=g), sparse_features=kjt, labels=torch.zeros(B))
+
+
+@pytest.fixture
+def exported(tmp_path):
+    model, cfg, plans, weights = build()
+    path = tmp_path / "model"
+    export_model(path, model, cfg, schema(), extra={"note": "test"})
+    return path, model, cfg, plans, weights
+
+
+def test_roundtrip_predictions_identical(exported, tmp_path):
+    path, model, cfg, plans, weights = exported
+    b = batch()
+    serving = load_serving_model(path)
+    with torch.no_grad():
+        want = model(b.dense_features, b.sparse_features)
+    torch.testing.assert_close(serving(b.dense_features, b.sparse_features), want, rtol=0, atol=1e-6)
+    torch.testing.assert_close(serving.predict(b), torch.sigmoid(want), rtol=0, atol=1e-6)
+    # The pruned-uniform export path (masked K-wide weights) serves the same model.
+    export_masked(tmp_path / "masked", plans, weights, model.arch, cfg, schema())
+    torch.testing.assert_close(load_serving_model(tmp_path / "masked").predict(b), torch.sigmoid(want), rtol=0, atol=1e-6)
+    assert serving.model.provider.embedding_bytes() == model.provider.embedding_bytes()
+
+
+def test_manifest_bytes_equal_tensor_bytes(exported):
+    path, model, *_ = exported
+    manifest = json.loads((path / MANIFEST).read_text())
+    total = {"values": 0, "column_maps": 0, "remap": 0}
+    for t in manifest["tables"]:
+        tensors = load_file(str(path / t["file"]))
+        got = {"values": 0, "column_maps": 0, "remap": 0}
+        for name, v in tensors.items():
+            kind = "values" if name.endswith(".values") else "column_maps" if name.endswith(".column_map") else "remap"
+            got[kind] += v.numel() * v.element_size()
+        for k in got:
+            assert t["bytes"][k] == got[k], (t["name"], k)
+            total[k] += got[k]
+        assert t["bytes"]["total"] == sum(got.values())
+    assert manifest["bytes"]["total"] == sum(total.values()) == model.provider.embedding_bytes()
+    for rel, entry in manifest["files"].items():
+        assert (path / rel).stat().st_size == entry["size"]
+
+
+def test_truncated_and_edited_files_are_refused(exported):
+    path, *_ = exported
+    manifest = json.loads((path / MANIFEST).read_text())
+    table_file = path / manifest["tables"][1]["file"]
+    data = table_file.read_bytes()
+    table_file.write_bytes(data[: len(data) - 7])
+    with pytest.raises(ArtifactError, match=table_file.name):
+        read_artifact(path)
+    table_file.write_bytes(data)
+    read_artifact(path)
+    arch_file = path / "arch.safetensors"
+    edited = bytearray(arch_file.read_bytes())
+    edited[-3] ^= 0x01
+    arch_file.write_bytes(bytes(edited))
+    with pytest.raises(ArtifactError, match="arch.safetensors.*sha256"):
+        load_serving_model(path)
+
+
+def test_nothing_is_unpickled(exported, monkeypatch):
+    path, model, *_ = exported
+
+    def forbidden(*a, **k):
+        raise AssertionError("unpickling during artifact load")
+
+    monkeypatch.setattr(pickle, "loads", forbidden)
+    monkeypatch.setattr(pickle, "load", forbidden)
+    monkeypatch.setattr(pickle, "Unpickler", forbidden)
+    monkeypatch.setattr(torch, "load", forbidden)
+    b = batch()
+    assert load_serving_model(path).predict(b).shape == (20,)
+
+
+def test_crash_mid_export_leaves_no_complete_looking_directory(exported, monkeypatch):
+    path, model, cfg, *_ = exported
+    calls = {"n": 0}
+    real = artifact_mod._write_tensors
+
+    def crash_on_third(*a, **k):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise OSError("disk full")
+        return real(*a, **k)
+
+    monkeypatch.setattr(artifact_mod, "_write_tensors", crash_on_third)
+    with pytest.raises(OSError):
+        export_model(path, model, cfg, schema())
+    with pytest.raises(ArtifactError, match="no manifest.json"):
+        read_artifact(path)
+    monkeypatch.setattr(artifact_mod, "_write_tensors", real)
+    export_model(path, model, cfg, schema())
+    read_artifact(path)
+    assert not list(path.rglob(".*.tmp"))
+
+
+def test_inspect_summary(exported):
+    path, model, cfg, plans, _ = exported
+    s = summarize(path)
+    assert [t["name"] for t in s["tables"]] == [p.name for p in plans]
+    for t, p in zip(s["tables"], plans):
+        assert t["kept_rows"] == p.kept_rows and t["dropped_rows"] == p.dropped_rows
+        assert sum(t["kept_dims_histogram"].values()) == p.num_embeddings
+        assert t["kept_dims_histogram"].get(0, 0) == p.dropped_rows
+        assert t["bytes"]["nnz"] == int(p.mask().sum())
+    assert s["bytes"]["total"] == model.provider.embedding_bytes()
+    text = format_summary(s)
+    assert all(p.name in text for p in plans) and "uniform" in text
+    json.dumps(s)
