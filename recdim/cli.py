@@ -98,6 +98,20 @@ def cmd_inspect(cfg: Config, args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_compare(cfg: Config, args: argparse.Namespace) -> int:
+    """methods x arches x budgets x seeds, resumable; writes compare.md / .json / .png."""
+    from recdim.compare.report import write_report
+    from recdim.compare.runner import run_compare
+
+    if args.report_only:
+        paths = write_report(Path(args.out or cfg.compare.output), cfg.compare.methods, cfg.compare.arches)
+        print(f"report: {paths['markdown']}")
+        return 0
+    s = run_compare(cfg, out_dir=args.out)
+    print(f"{s.ran} cells run, {s.skipped} already done, {len(s.failed)} failed; report: {s.report['markdown']}")
+    return 1 if s.failed else 0
+
+
 def cmd_run(cfg: Config, args: argparse.Namespace) -> int:
     """prepare -> search -> prune -> retrain -> export -> report."""
     from recdim.pipeline import run_pipeline
@@ -123,6 +137,7 @@ COMMANDS = {
     "export": (cmd_export, "write the serving artifact of a retrain run (--from RUN)", "runs/export"),
     "predict": (cmd_predict, "score a prepared-format Parquet/CSV file with an artifact", "predictions.csv"),
     "inspect": (cmd_inspect, "per-table dims, bytes and compression of an artifact", None),
+    "compare": (cmd_compare, "compare methods x arches x budgets x seeds (resumable)", None),
     "run": (cmd_run, "the whole pipeline: prepare, search, prune, retrain, export, report", "runs/run"),
 }
 
@@ -140,6 +155,9 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--from", dest="from_dir", required=True, help="the run directory to start from")
         if name in ("predict", "inspect"):
             p.add_argument("--model", required=True, help="an exported artifact directory")
+        if name == "compare":
+            p.add_argument("--out", default=None, help="comparison directory (default: compare.output)")
+            p.add_argument("--report-only", action="store_true", help="rewrite the report from finished cells")
         if name == "predict":
             p.add_argument("--input", required=True, help="Parquet or CSV file in the prepared dataset's columns")
     return parser

@@ -14,7 +14,9 @@ from dataclasses import dataclass, field
 from typing import Literal, Optional, Tuple
 
 from recdim.config_io import ConfigError, load_config  # noqa: F401  (re-exported)
+from recdim.compare.config import CompareConfig
 from recdim.search.autodim_config import AutoDimConfig
+from recdim.search.baselines.config import BaselineConfig
 from recdim.search.dnis_config import DNISConfig
 from recdim.search.pep_config import PEPConfig
 
@@ -228,12 +230,14 @@ class SearchConfig:
         dnis: DNIS / AutoSrh settings.
         pep: PEP settings.
         autodim: AutoDim settings.
+        baseline: uniform, grid, random and MDE baseline settings (used by ``recdim compare``).
     """
 
     method: Literal["dnis", "autosrh", "pep", "autodim"] = "dnis"
     dnis: DNISConfig = field(default_factory=DNISConfig)
     pep: PEPConfig = field(default_factory=PEPConfig)
     autodim: AutoDimConfig = field(default_factory=AutoDimConfig)
+    baseline: BaselineConfig = field(default_factory=BaselineConfig)
 
 
 @dataclass(frozen=True)
@@ -283,6 +287,7 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     search: SearchConfig = field(default_factory=SearchConfig)
     prune: PruneConfig = field(default_factory=PruneConfig)
+    compare: CompareConfig = field(default_factory=CompareConfig)
 
     @property
     def data_path(self) -> str:

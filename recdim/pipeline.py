@@ -99,17 +99,34 @@ def run_pipeline(cfg: Config, out: Path, config_path: Optional[str] = None, over
     return report
 
 
-def run_experiment(cfg: Config, method: str, cr: float, seed: int, out_dir: Path) -> Dict[str, Any]:
+BUDGET_FREE_SEARCHES = ("dnis", "autosrh", "autodim")
+
+
+def run_experiment(
+    cfg: Config, method: str, cr: float, seed: int, out_dir: Path, search_dir: Optional[Path] = None
+) -> Dict[str, Any]:
     """One cell of a comparison: ``method`` at compression rate ``cr`` with ``seed``.
 
     Search methods search (PEP with its budget at ``1 / cr``), prune to ``cr`` (AutoDim: the rate its
-    selected dimensions give) and retrain on tiers; ``ue@<d>`` retrains a uniform dimension d as tiers.
-    Model selection uses validation only; test is read once, by the retraining run.
+    selected dimensions give) and retrain on tiers. Baselines (``ue``, ``ue@<d>``, ``random@<i>``,
+    ``mde``) assign dimensions at ``cr`` and retrain from a fresh initialisation (MDE with its learned
+    projections). Model selection uses validation only; test is read once, by the retraining run.
+
+    Args:
+        cfg: the cell's config.
+        method: the method name.
+        cr: target compression rate (uniform parameters / kept parameters).
+        seed: training seed.
+        out_dir: the cell's directory.
+        search_dir: where the search run lives; DNIS / AutoSrh / AutoDim searches do not depend on the
+            budget, so a comparison shares one per (arch, method, seed). Default ``out_dir / "search"``.
 
     Returns:
-        ``{"method", "cr", "seed", "val", "test", "params", "bytes", "search_time_s", "retrain_time_s"}``.
+        ``{"method", "cr", "target_cr", "seed", "val", "test", "params", "bytes", "search_time_s",
+        "retrain_time_s", "dims"}``.
     """
     from recdim.prune.retrain import run_retrain
+    from recdim.search.baselines.methods import is_baseline
     from recdim.search.run import run_search
 
     out_dir = Path(out_dir)
@@ -120,33 +137,51 @@ def run_experiment(cfg: Config, method: str, cr: float, seed: int, out_dir: Path
         search_cfg = dataclasses.replace(search_cfg, pep=dataclasses.replace(search_cfg.pep, budgets=(min(0.999, 1.0 / cr),)))
     cfg = dataclasses.replace(cfg, train=train, prune=prune, search=search_cfg)
     search_time = 0.0
+    dims: Dict[str, Any] = {}
     if method in SEARCH_METHODS:
-        search = _done(out_dir / "search") or run_search(cfg, out_dir / "search", method=method)
+        search_dir = Path(search_dir) if search_dir is not None else out_dir / "search"
+        search = _done(search_dir) or run_search(cfg, search_dir, method=method)
         search_time = float(search["wall_time_s"])
-        pruned = prune_stage(cfg, None, [], out_dir / "search", out_dir / "pruned")
-    elif method.startswith("ue@"):
-        pruned = [_uniform_pruned(cfg, int(method[3:]), out_dir / "pruned")]
+        pruned = prune_stage(cfg, None, [], search_dir, out_dir / "pruned")
+    elif is_baseline(method):
+        assignment = _baseline_assignment(cfg, method, cr)
+        dims = assignment.summary()
+        if assignment.projections:
+            from recdim.prune.retrain_mde import run_retrain_dims
+
+            result = _done(out_dir / "retrain") or run_retrain_dims(cfg, assignment, out_dir / "retrain")
+            return _cell_result(method, cr, seed, result, search_time, dims)
+        pruned = [_write_assignment(cfg, assignment, out_dir / "pruned")]
     else:
         raise ValueError(f"unknown method {method!r}")
     result = _done(out_dir / "retrain") or run_retrain(cfg, pruned[0], out_dir / "retrain")
+    return _cell_result(method, cr, seed, result, search_time, dims or result["prune"].get("info", {}))
+
+
+def _cell_result(method: str, cr: float, seed: int, result: Dict[str, Any], search_time: float, dims: Dict[str, Any]) -> Dict[str, Any]:
     return {
         "method": method, "cr": result["prune"]["cr"], "target_cr": cr, "seed": seed,
         "val": result["val"], "test": result["test"], "params": result["params"], "bytes": result["bytes"],
-        "search_time_s": search_time, "retrain_time_s": result["retrain_time_s"],
+        "search_time_s": search_time, "retrain_time_s": result["retrain_time_s"], "dims": dims,
     }
 
 
-def _uniform_pruned(cfg: Config, dim: int, out: Path) -> Path:
-    """A pruned-model directory holding every row at dimension ``dim`` (fresh initialisation)."""
+def _baseline_assignment(cfg: Config, method: str, cr: float) -> Any:
     from recdim.data.prepared import PreparedDataset
+    from recdim.search.baselines.methods import baseline_dims
+
+    ds = PreparedDataset(cfg.data_path)
+    counts = {f: ds.counts(f) for f in ds.feature_names(cfg.data.features)}
+    return baseline_dims(method, cfg.search.baseline, counts, cfg.model.embedding_dim, cr)
+
+
+def _write_assignment(cfg: Config, assignment: Any, out: Path) -> Path:
+    """A pruned-model directory holding a baseline's prefix dimensions (fresh initialisation)."""
     from recdim.prune.derive import PrunedModel
-    from recdim.prune.masks import mask_stats, prefix_masks
+    from recdim.prune.masks import mask_stats
     from recdim.prune.planner import PlannerConfig
     from recdim.prune.store import write_pruned
 
-    ds = PreparedDataset(cfg.data_path)
-    rows = {f: ds.schema[f].num_embeddings for f in ds.feature_names(cfg.data.features)}
-    masks = prefix_masks(rows, {f: dim for f in rows}, cfg.model.embedding_dim)
-    pm = PrunedModel(f"ue@{dim}", mask_stats(masks)["cr"], masks, info={"dim": dim, "init": "fresh"})
-    return write_pruned(out, pm, PlannerConfig(max_tiers=cfg.prune.max_tiers), {"uniform_dim": dim})
-
+    masks = assignment.masks()
+    pm = PrunedModel(assignment.method, mask_stats(masks)["cr"], masks, info={**assignment.summary(), "init": "fresh"})
+    return write_pruned(out, pm, PlannerConfig(max_tiers=cfg.prune.max_tiers), {"baseline": assignment.method})

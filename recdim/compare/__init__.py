@@ -1,0 +1,10 @@
+"""``recdim compare``: a grid of experiments (method x arch x budget x seed), resumable, with a report.
+
+Importing the package is cheap (``recdim.config`` reads :class:`CompareConfig` from it); the runner
+(:func:`recdim.compare.runner.run_compare`) and the report (:func:`recdim.compare.report.write_report`)
+load on use.
+"""
+
+from recdim.compare.config import CompareConfig
+
+__all__ = ["CompareConfig"]

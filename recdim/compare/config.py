@@ -1,0 +1,80 @@
+"""Settings of ``recdim compare`` (kept free of heavy imports so that ``recdim.config`` can use it)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Dict, Tuple
+
+SEARCH_METHODS = ("dnis", "autosrh", "pep", "autodim")
+BASELINE_METHODS = ("ue", "grid", "random", "mde")
+METHODS = SEARCH_METHODS + BASELINE_METHODS
+HIGHER_IS_BETTER = ("auc", "accuracy")
+LOWER_IS_BETTER = ("logloss", "mse", "rmse", "mae", "loss")
+
+
+@dataclass(frozen=True)
+class CompareConfig:
+    """A grid of experiments: every method x arch x budget x seed is one cell, one ``run_experiment``.
+
+    Args:
+        methods: search methods (``dnis``, ``autosrh``, ``pep``, ``autodim``) and baselines (``ue``,
+            ``grid``, ``random``, ``mde``; single runs ``ue@<d>`` and ``random@<i>`` too). ``grid`` and
+            ``random`` train every candidate and report the one best on validation.
+        arches: interaction arches; empty means ``model.arch``.
+        budgets: compression rates (uniform parameters / kept parameters), each >= 1.
+        seeds: training seeds (``train.seed``); metrics are reported as mean ± std over them.
+        output: directory of the cells (``runs/<cell>/``) and the report (``compare.md``, ``compare.json``,
+            ``compare.png``); ``--out`` overrides it.
+        epochs: ``train.epochs`` of every run (0 keeps the config's).
+        overrides: ``key=value`` overrides applied to every cell's config (as ``--set``), e.g.
+            ``"train.max_steps=200"``.
+        arch_overrides: per arch, overrides applied after ``overrides``, e.g.
+            ``{"dlrm": ["model.bottom_mlp=[16]"]}``.
+        select_metric: validation metric that picks grid / random candidates; empty means ``auc`` for
+            binary labels and ``mse`` for ratings. ``auc`` / ``accuracy`` are maximised, losses minimised.
+        stop_on_error: raise at the first failing cell instead of recording it and going on.
+
+    Example::
+
+        [compare]
+        methods = ["ue", "mde", "dnis"]
+        arches = ["deepfm", "dlrm"]
+        budgets = [2.0, 4.0]
+        seeds = [0, 1, 2]
+    """
+
+    methods: Tuple[str, ...] = ("ue", "mde")
+    arches: Tuple[str, ...] = ()
+    budgets: Tuple[float, ...] = (2.0, 4.0)
+    seeds: Tuple[int, ...] = (0,)
+    output: str = "runs/compare"
+    epochs: int = 0
+    overrides: Tuple[str, ...] = ()
+    arch_overrides: Dict[str, Tuple[str, ...]] = field(default_factory=dict)
+    select_metric: str = ""
+    stop_on_error: bool = False
+
+    def __post_init__(self) -> None:
+        if not self.methods or not self.budgets or not self.seeds:
+            raise ValueError("compare.methods, compare.budgets and compare.seeds must not be empty")
+        for m in self.methods:
+            base, sep, arg = m.partition("@")
+            if base not in METHODS or (sep and (base not in ("ue", "random") or not arg.isdigit())):
+                raise ValueError(
+                    f"compare.methods: {m!r} is not one of {list(METHODS)} (or ue@<d>, random@<i>)"
+                )
+        for name, values in (("methods", self.methods), ("arches", self.arches), ("seeds", self.seeds),
+                             ("budgets", self.budgets)):
+            if len(set(values)) != len(values):
+                raise ValueError(f"compare.{name} has duplicates: {list(values)}")
+        if any(b < 1 for b in self.budgets):
+            raise ValueError(f"compare.budgets are compression rates >= 1, got {list(self.budgets)}")
+        if self.epochs < 0:
+            raise ValueError(f"compare.epochs must be >= 0, got {self.epochs}")
+        for text in (*self.overrides, *(o for v in self.arch_overrides.values() for o in v)):
+            if "=" not in text:
+                raise ValueError(f"compare override {text!r}: expected KEY=VALUE")
+        if self.select_metric and self.select_metric not in HIGHER_IS_BETTER + LOWER_IS_BETTER:
+            raise ValueError(
+                f"compare.select_metric {self.select_metric!r} is not one of {list(HIGHER_IS_BETTER + LOWER_IS_BETTER)}"
+            )

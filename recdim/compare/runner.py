@@ -1,0 +1,257 @@
+"""``recdim compare``: runs every cell of the grid through ``run_experiment``, resumably, then reports.
+
+Each cell (method x arch x budget x seed) writes ``<out>/runs/<run id>/cell.json`` when it finishes; a
+cell whose file exists is skipped, so running the same command again resumes an interrupted comparison
+(and retries failed cells, which leave ``failed.json`` instead). Grid and random search expand into
+candidate runs (``ue@<d>``, ``random@<i>``), each saved under ``candidates/<name>/candidate.json`` as it
+finishes; the cell reports the candidate best on validation, and its ``search_time_s`` is the time of
+all candidates (the selection is the search), its ``retrain_time_s`` the chosen run's.
+
+Resuming assumes the same experiment config: adding methods, arches, budgets or seeds extends the grid,
+but a changed training or data setting makes old and new cells incomparable (a warning says so; use a
+new output directory).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import time
+import traceback
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Callable, Dict, Mapping, Optional, Union
+
+from tqdm import tqdm
+
+from recdim.compare.config import CompareConfig
+from recdim.compare.grid import Cell, cell_config, config_echo, expand_grid
+from recdim.compare.report import write_report
+from recdim.compare.select import choose_best, selection_record
+from recdim.search.baselines.config import BaselineConfig
+from recdim.search.baselines.methods import candidate_methods
+
+logger = logging.getLogger("recdim.compare")
+
+Experiment = Callable[[Any, str, float, int, Path], Dict[str, Any]]
+CELL_FILE = "cell.json"
+FAILED_FILE = "failed.json"
+CANDIDATE_FILE = "candidate.json"
+
+
+@dataclass
+class CompareSummary:
+    """What :func:`run_compare` did.
+
+    Args:
+        out_dir: the comparison directory.
+        cells: cells in the grid.
+        ran: cells run now.
+        skipped: cells already finished (resumed past).
+        failed: ``run_id: error`` of cells that failed now.
+        report: paths :func:`recdim.compare.report.write_report` wrote.
+    """
+
+    out_dir: Path
+    cells: int
+    ran: int = 0
+    skipped: int = 0
+    failed: Dict[str, str] = field(default_factory=dict)
+    report: Dict[str, Path] = field(default_factory=dict)
+
+
+def default_experiment() -> Experiment:
+    """``recdim.pipeline.run_experiment`` (imported on use)."""
+    from recdim.pipeline import run_experiment
+
+    return run_experiment
+
+
+def _num_embeddings(cfg: Any) -> Optional[Dict[str, int]]:
+    """``{feature: N}`` of the configured features, or None when the dataset is not there."""
+    from recdim.data.prepared import PreparedDataset
+
+    try:
+        ds = PreparedDataset(cfg.data_path)
+    except FileNotFoundError:
+        return None
+    return {f: int(ds.schema[f].num_embeddings) for f in ds.feature_names(cfg.data.features)}
+
+
+def _baseline_config(cfg: Any) -> BaselineConfig:
+    return getattr(cfg.search, "baseline", None) or BaselineConfig()
+
+
+def _write_json(path: Path, data: Mapping[str, Any]) -> None:
+    from recdim.train.results import write_json
+
+    write_json(path, dict(data))
+
+
+def _read_json(path: Path) -> Dict[str, Any]:
+    return json.loads(path.read_text())
+
+
+def _metrics_text(metrics: Mapping[str, Any]) -> str:
+    return ", ".join(f"{k} {float(v):.4f}" for k, v in metrics.items() if isinstance(v, (int, float)))
+
+
+def result_line(cell: Cell, record: Mapping[str, Any]) -> str:
+    """One line per finished cell: test metrics, bytes and times."""
+    r = record["result"]
+    chosen = f" [{record['selection']['chosen']}]" if record.get("selection") else ""
+    return (
+        f"{cell.describe()}{chosen}: test {_metrics_text(r.get('test', {}))} | "
+        f"{int(r.get('bytes', 0)):,} bytes | search {float(r.get('search_time_s', 0.0)):.1f} s, "
+        f"retrain {float(r.get('retrain_time_s', 0.0)):.1f} s"
+    )
+
+
+def run_cell(
+    cell: Cell,
+    cfg: Any,
+    compare: CompareConfig,
+    experiment: Experiment,
+    run_dir: Path,
+    num_embeddings: Optional[Mapping[str, int]] = None,
+    log: Callable[[str], None] = logger.info,
+) -> Dict[str, Any]:
+    """Runs one cell (a single run, or every candidate of grid / random search) and returns its record.
+
+    Args:
+        cell: the cell.
+        cfg: the cell's config (:func:`recdim.compare.grid.cell_config`).
+        compare: the grid settings (``select_metric``).
+        experiment: ``run_experiment(cfg, method, cr, seed, out_dir) -> result``.
+        run_dir: the cell's directory.
+        num_embeddings: ``{feature: N}`` (grid search needs it to drop dimensions over the budget).
+        log: where per-candidate lines go.
+
+    Returns:
+        ``{"cell", "result", "selection", "uniform_params", "wall_s", "finished_at"}``; ``result`` is the
+        (chosen) run's result, ``selection`` None for a single run.
+    """
+    t0 = time.perf_counter()
+    if cell.method == "grid" and num_embeddings is None:
+        raise FileNotFoundError(f"{cfg.data_path}: grid search needs the prepared dataset's row counts")
+    K = cfg.model.embedding_dim
+    names = candidate_methods(cell.method, _baseline_config(cfg), num_embeddings or {}, K, cell.cr)
+    selection = None
+    if names == [cell.method]:
+        from recdim.pipeline import BUDGET_FREE_SEARCHES
+
+        shared = {}
+        if cell.method in BUDGET_FREE_SEARCHES:  # one search serves every budget
+            root = run_dir
+            for _ in cell.run_id.split("/"):
+                root = root.parent
+            shared = {"search_dir": root / cell.search_id}
+        result = dict(experiment(cfg, cell.method, cell.cr, cell.seed, run_dir, **shared))
+    else:
+        results = []
+        for name in names:
+            path = run_dir / "candidates" / name / CANDIDATE_FILE
+            if path.exists():
+                r = _read_json(path)
+            else:
+                r = dict(experiment(cfg, name, cell.cr, cell.seed, path.parent))
+                _write_json(path, r)
+                log(f"  {cell.describe()} candidate {name}: val {_metrics_text(r.get('val', {}))}")
+            results.append(r)
+        best, metric, higher = choose_best(results, compare.select_metric)
+        selection = selection_record(names, results, best, metric, higher)
+        result = dict(results[best])
+        result["method"] = cell.method
+        result["search_time_s"] = float(
+            sum(float(r.get("search_time_s", 0.0)) + float(r.get("retrain_time_s", 0.0)) for r in results)
+        )
+    uniform = result.get("uniform_params")
+    if uniform is None and num_embeddings is not None:
+        uniform = sum(num_embeddings.values()) * K
+    return {
+        "cell": cell.to_json(),
+        "result": result,
+        "selection": selection,
+        "uniform_params": uniform,
+        "wall_s": time.perf_counter() - t0,
+        "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
+
+
+def run_compare(
+    cfg: Any,
+    out_dir: Optional[Union[str, Path]] = None,
+    compare: Optional[CompareConfig] = None,
+    experiment: Optional[Experiment] = None,
+    prepare: bool = True,
+    progress: bool = True,
+) -> CompareSummary:
+    """Runs (or resumes) the whole comparison grid and writes the report.
+
+    Args:
+        cfg: the experiment config; its ``compare`` section is the grid unless ``compare`` is given.
+        out_dir: comparison directory (default ``compare.output``).
+        compare: the grid settings (default ``cfg.compare``).
+        experiment: the function each run calls (default ``recdim.pipeline.run_experiment``).
+        prepare: prepare the dataset first when it is missing.
+        progress: show a progress bar (finished cells are always printed, one line each).
+
+    Returns:
+        CompareSummary: counts of cells run / skipped / failed and the report paths.
+
+    Example::
+
+        summary = run_compare(load("configs/compare_small.toml"))
+        print(summary.report["markdown"].read_text())
+    """
+    compare = compare if compare is not None else cfg.compare
+    out = Path(out_dir) if out_dir is not None else Path(compare.output)
+    cells = expand_grid(compare, cfg.model.arch)
+    configs = {cell: cell_config(cfg, compare, cell) for cell in cells}  # every cell validated up front
+    if prepare:
+        from recdim.pipeline import ensure_prepared
+
+        for path in sorted({c.data_path for c in configs.values()}):
+            ensure_prepared(next(c for c in configs.values() if c.data_path == path))
+    summary = CompareSummary(out_dir=out, cells=len(cells))
+    todo = [c for c in cells if not (out / "runs" / c.run_id / CELL_FILE).exists()]
+    summary.skipped = len(cells) - len(todo)
+    echo = out / "compare_config.json"
+    if echo.exists() and _read_json(echo).get("config") != json.loads(json.dumps(config_echo(cfg))):
+        tqdm.write(f"warning: {echo} was written with a different config; finished cells keep their old results",
+                   file=sys.stderr)
+    _write_json(echo, {"config": config_echo(cfg), "compare": config_echo(compare)})
+    if todo and experiment is None:
+        experiment = default_experiment()
+    rows: Dict[str, Optional[Dict[str, int]]] = {}
+    bar = tqdm(total=len(cells), initial=summary.skipped, desc="compare", unit="cell", disable=not progress)
+    if summary.skipped:
+        tqdm.write(f"resuming: {summary.skipped} of {len(cells)} cells already finished in {out}")
+    try:
+        for cell in todo:
+            run_dir = out / "runs" / cell.run_id
+            ccfg = configs[cell]
+            if ccfg.data_path not in rows:
+                rows[ccfg.data_path] = _num_embeddings(ccfg)
+            bar.set_postfix_str(cell.describe())
+            try:
+                record = run_cell(cell, ccfg, compare, experiment, run_dir, rows[ccfg.data_path], tqdm.write)
+            except Exception as e:  # noqa: BLE001 - a failed cell is recorded; the grid goes on
+                if compare.stop_on_error:
+                    raise
+                _write_json(run_dir / FAILED_FILE, {"cell": cell.to_json(), "error": f"{type(e).__name__}: {e}",
+                                                    "traceback": traceback.format_exc()})
+                summary.failed[cell.run_id] = f"{type(e).__name__}: {e}"
+                tqdm.write(f"FAILED {cell.describe()}: {type(e).__name__}: {e}")
+            else:
+                _write_json(run_dir / CELL_FILE, record)
+                (run_dir / FAILED_FILE).unlink(missing_ok=True)
+                summary.ran += 1
+                tqdm.write(result_line(cell, record))
+            bar.update(1)
+    finally:
+        bar.close()
+    summary.report = write_report(out, method_order=compare.methods, arch_order=compare.arches)
+    return summary

@@ -1,0 +1,44 @@
+"""Dimension baselines as per-row prefix dimensions: uniform (UE), grid search, random search, MDE.
+
+Each returns a :class:`DimAssignment` (``{feature: int64 [N]}``, multiples of 4 in ``[0, K]``, row i
+keeping columns ``[0, d_i)``) that meets a compression rate; :func:`row_dims_to_masks` turns it into the
+``{feature: bool [N, K]}`` masks the tier planner reads.
+
+Importing the package is cheap (``recdim.config`` reads :class:`BaselineConfig` from it); everything
+else loads on first use.
+"""
+
+from importlib import import_module
+from typing import Any
+
+from recdim.search.baselines.config import BaselineConfig
+
+_EXPORTS = {
+    "DimAssignment": "dims",
+    "Projection": "dims",
+    "Segment": "dims",
+    "budget_for_cr": "dims",
+    "row_dims_to_masks": "dims",
+    "grid_dims": "grid",
+    "mde_dims": "mde",
+    "BASELINES": "methods",
+    "baseline_dims": "methods",
+    "candidate_methods": "methods",
+    "is_baseline": "methods",
+    "parse_method": "methods",
+    "random_mixed_dims": "random_mixed",
+    "NearestMultiple": "scaling",
+    "NearestPowerOfTwo": "scaling",
+    "fit_scale": "scaling",
+    "uniform_dim_for_cr": "uniform",
+    "uniform_dims": "uniform",
+    "uniform_for_cr": "uniform",
+}
+
+__all__ = ["BaselineConfig", *_EXPORTS]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        return getattr(import_module(f"recdim.search.baselines.{_EXPORTS[name]}"), name)
+    raise AttributeError(f"module 'recdim.search.baselines' has no attribute {name!r}")

@@ -1,0 +1,65 @@
+"""Uniform embedding (UE): every row of every feature at one dimension d."""
+
+from __future__ import annotations
+
+from typing import Mapping
+
+import torch
+
+from recdim.search.baselines.dims import ALIGN, DimAssignment, budget_for_cr
+from recdim.search.baselines.scaling import largest_uniform_dim
+
+
+def uniform_dims(num_embeddings: Mapping[str, int], dim: int, embedding_dim: int) -> DimAssignment:
+    """Every row keeps its first ``dim`` columns.
+
+    Args:
+        num_embeddings: ``{feature: N}``.
+        dim: d, a multiple of 4 in ``[0, K]``.
+        embedding_dim: K.
+
+    Returns:
+        DimAssignment: method ``ue@<d>``.
+
+    Example::
+
+        uniform_dims({"user": 944, "item": 1683}, 8, 16).params    # 21_016
+    """
+    if dim < 0 or dim > embedding_dim or dim % ALIGN:
+        raise ValueError(f"uniform dimension {dim} must be a multiple of {ALIGN} in [0, {embedding_dim}]")
+    dims = {f: torch.full((int(n),), dim, dtype=torch.int64) for f, n in num_embeddings.items()}
+    return DimAssignment(dims, embedding_dim, method=f"ue@{dim}", info={"uniform_dim": dim})
+
+
+def uniform_dim_for_cr(num_embeddings: Mapping[str, int], embedding_dim: int, cr: float) -> int:
+    """The largest multiple of 4 whose uniform layout meets compression rate ``cr``.
+
+    Args:
+        num_embeddings: ``{feature: N}``.
+        embedding_dim: K.
+        cr: compression rate (>= 1).
+
+    Returns:
+        int: d with ``sum N * d <= round(sum N * K / cr)``.
+
+    Raises:
+        ValueError: when not even d = 4 fits (CR above about K / 4).
+
+    Example::
+
+        uniform_dim_for_cr({"user": 944, "item": 1683}, 16, 4.0)   # 4
+    """
+    budget = budget_for_cr(num_embeddings, embedding_dim, cr)
+    d = largest_uniform_dim(sum(int(n) for n in num_embeddings.values()), embedding_dim, budget, ALIGN)
+    if d <= 0:
+        raise ValueError(
+            f"no uniform dimension (a multiple of {ALIGN}) meets CR {cr:g} with K = {embedding_dim}; "
+            f"the highest uniform CR is about {embedding_dim / ALIGN:g}"
+        )
+    return d
+
+
+def uniform_for_cr(num_embeddings: Mapping[str, int], embedding_dim: int, cr: float) -> DimAssignment:
+    """UE at the largest dimension that meets ``cr`` (method ``ue``)."""
+    a = uniform_dims(num_embeddings, uniform_dim_for_cr(num_embeddings, embedding_dim, cr), embedding_dim)
+    return DimAssignment(a.dims, embedding_dim, method="ue", info={**a.info, "target_cr": cr})
