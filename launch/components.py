@@ -22,7 +22,7 @@ shared rendezvous store a restarted gloo / nccl group can read the previous atte
 (pytorch/pytorch#135712).
 """
 
-from typing import Callable, Dict, List, Optional
+from typing import Callable, Dict, List, Optional, Sequence
 
 import torchx.specs as specs
 from torchx.components.dist import ddp
@@ -60,6 +60,16 @@ def _job_args_doc(fn: Callable[..., specs.AppDef]) -> Callable[..., specs.AppDef
     return fn
 
 
+def _from_run_doc(what: str) -> Callable[[Callable[..., specs.AppDef]], Callable[..., specs.AppDef]]:
+    """Documents the ``from_run`` argument (``--from``) beside the shared ones."""
+
+    def deco(fn: Callable[..., specs.AppDef]) -> Callable[..., specs.AppDef]:
+        fn.__doc__ = (fn.__doc__ or "").replace("    Args:\n", f"    Args:\n        from_run: {what} (--from)\n", 1)
+        return fn
+
+    return deco
+
+
 def recdim_app(
     command: str,
     config: str,
@@ -78,6 +88,7 @@ def recdim_app(
     env: Optional[Dict[str, str]] = None,
     mounts: Optional[List[str]] = None,
     rdzv_port: int = 29500,
+    extra_args: Sequence[str] = (),
 ) -> specs.AppDef:
     """The AppDef of ``recdim <command>`` under torchrun (what every component below returns).
 
@@ -113,7 +124,7 @@ def recdim_app(
             raise ValueError(f"config override {o!r} is not KEY=VALUE (for example train.epochs=2)")
     if nnodes < 1 or nproc_per_node < 1 or max_restarts < 0 or max_retries < 0:
         raise ValueError("nnodes and nproc_per_node must be >= 1, max_restarts and max_retries >= 0")
-    args = [command, "--config", config, "--out", out]
+    args = [command, "--config", config, "--out", out, *extra_args]
     for o in overrides:
         args += ["--set", o]
     job_env = {"TORCH_DISABLE_SHARE_RDZV_TCP_STORE": "1", "PET_MAX_RESTARTS": str(max_restarts)}
@@ -183,9 +194,11 @@ def search(
     return recdim_app("search", config, out, list(overrides), nnodes, nproc_per_node, image, name, h, cpu, gpu, memMB, max_restarts, max_retries, env, mounts, rdzv_port)
 
 
+@_from_run_doc("the pruned model directory to retrain (recdim prune output, e.g. runs/pruned/cr-4)")
 @_job_args_doc
 def retrain(
     *overrides: str,
+    from_run: str,
     config: str,
     out: str,
     nnodes: int = 1,
@@ -202,13 +215,15 @@ def retrain(
     mounts: Optional[List[str]] = None,
     rdzv_port: int = 29500,
 ) -> specs.AppDef:
-    """``recdim retrain``: prune a search result to the memory budget and retrain the mixed-dimension model."""
-    return recdim_app("retrain", config, out, list(overrides), nnodes, nproc_per_node, image, name, h, cpu, gpu, memMB, max_restarts, max_retries, env, mounts, rdzv_port)
+    """``recdim retrain``: retrain a pruned model on its tier tables (sharded) and export it."""
+    return recdim_app("retrain", config, out, list(overrides), nnodes, nproc_per_node, image, name, h, cpu, gpu, memMB, max_restarts, max_retries, env, mounts, rdzv_port, ["--from", from_run])
 
 
+@_from_run_doc("the retrain run directory to export")
 @_job_args_doc
 def export(
     *overrides: str,
+    from_run: str,
     config: str,
     out: str,
     nnodes: int = 1,
@@ -226,7 +241,7 @@ def export(
     rdzv_port: int = 29500,
 ) -> specs.AppDef:
     """``recdim export``: write the compressed serving artifact (manifest + tensors) of a retrained run."""
-    return recdim_app("export", config, out, list(overrides), nnodes, nproc_per_node, image, name, h, cpu, gpu, memMB, max_restarts, max_retries, env, mounts, rdzv_port)
+    return recdim_app("export", config, out, list(overrides), nnodes, nproc_per_node, image, name, h, cpu, gpu, memMB, max_restarts, max_retries, env, mounts, rdzv_port, ["--from", from_run])
 
 
 @_job_args_doc

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,6 +31,7 @@ from safetensors.torch import save as st_save
 from recdim.config import ModelConfig
 from recdim.config_io import from_dict, to_dict
 from recdim.data.schema import FieldKind, Schema
+from recdim.fsio import fsync_dir, write_atomic
 from recdim.prune.plan import TablePlan, TierPlan, remap_from_tensors
 
 FORMAT = "recdim-mixed-dim"
@@ -83,26 +83,13 @@ def _dtype_name(t: torch.Tensor) -> str:
     return str(t.dtype).replace("torch.", "")
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "wb") as fh:
-        fh.write(data)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
 
 
 def _write_tensors(root: Path, rel: str, tensors: Mapping[str, torch.Tensor]) -> Dict[str, Any]:
     data = st_save({k: v.detach().cpu().contiguous() for k, v in tensors.items()})
-    _atomic_write(root / rel, data)
+    write_atomic(root / rel, data)
     return {"sha256": hashlib.sha256(data).hexdigest(), "size": len(data)}
 
 
@@ -142,7 +129,7 @@ def write_artifact(
     manifest_path = root / MANIFEST
     if manifest_path.exists():
         manifest_path.unlink()
-        _fsync_dir(root)
+        fsync_dir(root)
     files: Dict[str, Any] = {ARCH_FILE: _write_tensors(root, ARCH_FILE, arch_state)}
     tables = []
     totals = {"values": 0, "column_maps": 0, "remap": 0, "uniform": 0, "floor": 0}
@@ -193,8 +180,8 @@ def write_artifact(
         "files": files,
         "extra": dict(extra or {}),
     }
-    _atomic_write(manifest_path, json.dumps(manifest, indent=2, sort_keys=False).encode())
-    _fsync_dir(root)
+    write_atomic(manifest_path, json.dumps(manifest, indent=2, sort_keys=False).encode())
+    fsync_dir(root)
     return manifest
 
 

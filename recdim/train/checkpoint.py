@@ -30,6 +30,7 @@ from typing import Any, Dict, List, Optional, Union
 import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
 
+from recdim.fsio import fsync_dir, write_atomic
 from recdim.train.distributed import barrier
 from recdim.train.faults import maybe_crash
 
@@ -50,22 +51,8 @@ def _step_of(path: Path) -> int:
     return int(m.group(1))
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    _fsync_dir(path.parent)
 
 
 class Checkpointer:
@@ -143,15 +130,15 @@ class Checkpointer:
         barrier()
         dcp.save(state, storage_writer=dcp.FileSystemWriter(str(tmp)))
         if rank == 0:
-            _write_atomic(tmp / META_FILE, json.dumps(meta, indent=1) + "\n")
+            write_atomic(tmp / META_FILE, json.dumps(meta, indent=1) + "\n")
         maybe_crash("checkpoint_commit", rank, step)
         barrier()
         if rank == 0:
             if final.exists():  # left by a run that crashed after committing it but before the pointer
                 shutil.rmtree(final)
             os.rename(tmp, final)
-            _fsync_dir(self.directory)
-            _write_atomic(self.directory / LATEST, final.name + "\n")
+            fsync_dir(self.directory)
+            write_atomic(self.directory / LATEST, final.name + "\n")
             self._prune(final)
             log.info("checkpoint %s written", final)
         barrier()

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import resource
 import sys
 from pathlib import Path
@@ -11,14 +10,14 @@ from typing import Any, Dict, Union
 
 import torch
 
+from recdim.fsio import write_atomic
+
 
 def write_json(path: Union[str, Path], data: Dict[str, Any]) -> Path:
     """Writes ``data`` as indented JSON via a temporary file and an atomic rename (never half a file)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=False, default=_default) + "\n")
-    os.replace(tmp, path)
+    write_atomic(path, json.dumps(data, indent=2, sort_keys=False, default=_default) + "\n")
     return path
 
 

@@ -18,6 +18,7 @@ from recdim.cli import main
 ROOT = Path(__file__).resolve().parents[2]
 COMPONENTS = ROOT / "launch" / "components.py"
 NAMES = ("train", "search", "retrain", "export", "bench", "run")
+FROM = {"retrain": "runs/pruned/cr-4", "export": "runs/retrain-cr-4"}  # components that start from a run
 
 
 def _torchrun(app) -> list:
@@ -30,15 +31,17 @@ def _torchrun(app) -> list:
 def test_component_builds_torchrun_app(name):
     fn = getattr(components, name)
     assert validate(str(COMPONENTS), name) == []  # what `torchx run` checks before calling it
+    extra = {"from_run": FROM[name]} if name in FROM else {}
     app = fn("train.epochs=2", "model.arch=deepfm", config="configs/demo.toml", out="/shared/runs/x",
              nnodes=2, nproc_per_node=4, image="reg/recdim:1", cpu=16, gpu=4, memMB=65536, max_restarts=3,
-             max_retries=2, env={"FOO": "1"})
+             max_retries=2, env={"FOO": "1"}, **extra)
     role = app.roles[0]
     cmd = _torchrun(app)
     assert cmd[0] == "torchrun"
     assert cmd[cmd.index("--nnodes") + 1] == "2" and cmd[cmd.index("--nproc_per_node") + 1] == "4"
+    from_args = ["--from", FROM[name]] if name in FROM else []
     assert cmd[cmd.index("-m") + 1:] == ["recdim.cli", name, "--config", "configs/demo.toml", "--out", "/shared/runs/x",
-                                          "--set", "train.epochs=2", "--set", "model.arch=deepfm"]
+                                          *from_args, "--set", "train.epochs=2", "--set", "model.arch=deepfm"]
     # Several hosts rendezvous at the first host's address, which the scheduler fills in.
     assert macros.rank0_env in role.args[1]
     assert (app.name, role.name, role.image) == (f"recdim-{name}", name, "reg/recdim:1")
