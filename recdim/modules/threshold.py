@@ -9,23 +9,37 @@ threshold reads as 0 and gets no gradient (the sub-gradient of the paper's eq. 1
 dS/dV = 1[|V| > g(s)], dS/dg = -sign(V) 1[|V| > g(s)]), so the surviving non-zeros form the mask that
 ``recdim.search.pep`` snapshots at each memory budget.
 
-Per id, before pooling: the threshold acts on rows, so bags are pooled here, not by a pooled kernel.
-The tables sit in an :class:`EmbeddingCollection` (unpooled, per-id rows, sharded by DMP and trained by
-the fused optimizer in backward); the provider thresholds the rows of all features in one pass and sums
-(or averages) the rows of each bag over the jagged lengths (one scatter for all features; a batch of
-single-valued features skips it).
+Two lookup paths, chosen per feature (both exact, both TorchRec modules that DMP shards and the fused
+optimizer trains in backward):
 
-Where s lives (its granularity) is a :class:`Thresholds` module, chosen by composition:
+- **Single-valued features** (``single_valued``: every bag holds exactly one id, e.g. the dataset's
+  ``CATEGORICAL`` and ``WEIGHTED`` fields) sit in an :class:`EmbeddingBagCollection` (sum pooling) and are
+  thresholded *after* the pooled lookup: a bag of one id pools to that id's row, so S(pooled) = S(row).
+  Per-sample weights are not given to the EBC (they would scale s with V); the thresholded row is
+  multiplied by its weight instead. A bag of any other length on this path is an input error (raised,
+  never silently summed). This is the fast path: FBGEMM's CPU backward of pooled lookups is several
+  times faster than the unpooled one.
+- **Multi-valued features** (bags, ``MULTI_CATEGORICAL``) sit in an :class:`EmbeddingCollection`
+  (unpooled, one row per id): every row is thresholded, weighted, then each bag is summed (or averaged)
+  over the jagged lengths here, in one pass over all such features.
+
+Tables keep the uniform provider's names (``t_<feature>``) on either path;
+:meth:`ThresholdEmbeddingProvider.table_key` gives each table's state-dict key
+(``ebc.embedding_bags.<t>.weight`` or ``ec.embeddings.<t>.weight``), which also seeds its initial values.
+
+Where s lives (its granularity) is a :class:`~recdim.modules.threshold_granularity.Thresholds` module,
+chosen by composition:
 
 - :class:`GlobalThreshold` (one s), :class:`DimensionThreshold` (s in R^K), :class:`FeatureThreshold`
   (one s per sparse feature, i.e. per field) are ordinary dense parameters: data-parallel, trained by the
   dense optimizer (Adam, ``train.lr``, ``train.weight_decay``) on the training loss. They are not
   architecture parameters.
 - :class:`FeatureDimensionThreshold` (s in R^{N x K}) is as large as the table, so it is stored *in* the
-  table: each row holds K (value, threshold) pairs interleaved, [N, 2K]. One lookup returns both, the
-  planner shards them together (any row or column split keeps pairs whole, shard widths being multiples
-  of 4), and s is trained by the table's fused optimizer (``train.embedding_optimizer`` with
-  ``train.embedding_lr``; with ``rowwise_adagrad`` the values and thresholds of a row share one step size).
+  table: each row holds K (value, threshold) pairs interleaved, [N, 2K]. One lookup returns both (on the
+  pooled path the pooled row of one id is its pairs), the planner shards them together (any row or
+  column split keeps pairs whole, shard widths being multiples of 4), and s is trained by the table's
+  fused optimizer (``train.embedding_optimizer`` with ``train.embedding_lr``; with ``rowwise_adagrad``
+  the values and thresholds of a row share one step size).
 
 Threshold dynamics (why the defaults differ from the paper). The paper initialises s = -150. In float32
 sigmoid(-150) and its derivative are exactly 0, so no loss gradient ever reaches s; the published code
@@ -41,43 +55,41 @@ budgets are reached); below it, the loss can hold the thresholds it needs. Linea
 geometric in g, so successive budgets are reached at a steady pace. The paper's setting (-150 + coupled
 weight decay) is the composed variant ``PEPConfig.paper()``.
 
-Cost: on CPU the fused FBGEMM backward of unpooled lookups is several times slower than the pooled one,
-so a training step costs about 4-5x the uniform provider's on small CPU batches; the thresholding and
-pooling themselves add little.
+Cost (CPU, one thread, B = 2048, the demo's 8 single-valued features, ``benchmarks/search_overhead.py``):
+a PEP step costs about 1.3-1.4x the uniform provider's with every feature on the pooled path, against
+1.6-2.6x with every feature per id (FBGEMM's unpooled CPU backward). What remains is the wider pooled
+lookup (2K columns with ``feature_dimension``), the elementwise threshold (fused, see
+:mod:`~recdim.modules.threshold_granularity`; at K = 16 still about as costly as the lookup's forward and
+backward) and the hook's non-zero count over every table each step (``pep.check_every``).
 """
 
 from __future__ import annotations
 
-import abc
-from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import Collection, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import torch
 from torch import nn
-from torchrec.modules.embedding_configs import EmbeddingConfig
-from torchrec.modules.embedding_modules import EmbeddingCollection
+from torchrec.modules.embedding_configs import BaseEmbeddingConfig, EmbeddingBagConfig, EmbeddingConfig, PoolingType
+from torchrec.modules.embedding_modules import EmbeddingBagCollection, EmbeddingCollection
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor, KeyedTensor
 
 from recdim.modules.provider import EmbeddingProvider
+from recdim.modules.threshold_granularity import (  # noqa: F401  (re-exported)
+    GATES,
+    NEG_GATE_GRADS,
+    ColumnRange,
+    DimensionThreshold,
+    FeatureDimensionThreshold,
+    FeatureThreshold,
+    Gate,
+    GlobalThreshold,
+    Thresholds,
+    fast_soft_threshold,
+    make_thresholds,
+    paired_soft_threshold,
+    soft_threshold,
+)
 from recdim.modules.uniform import table_name
-
-Gate = Callable[[torch.Tensor], torch.Tensor]
-
-GATES: Dict[str, Gate] = {"sigmoid": torch.sigmoid, "exp": torch.exp}
-
-ColumnRange = Tuple[int, int]
-
-
-def soft_threshold(values: torch.Tensor, threshold: torch.Tensor) -> torch.Tensor:
-    """S(V, t) = sign(V) * relu(|V| - t), elementwise with broadcasting.
-
-    Args:
-        values: V, [n, K].
-        threshold: t = g(s), broadcastable to [n, K].
-
-    Returns:
-        Tensor: [n, K]; zero wherever |V| <= t.
-    """
-    return torch.sign(values) * torch.relu(values.abs() - threshold)
 
 
 def pool_rows(rows: torch.Tensor, lengths: torch.Tensor, mean: bool = False) -> torch.Tensor:
@@ -105,138 +117,33 @@ def pool_rows(rows: torch.Tensor, lengths: torch.Tensor, mean: bool = False) -> 
     return out
 
 
-class Thresholds(nn.Module, abc.ABC):
-    """Where the thresholds s live and how they pair with table values (the PEP granularity).
-
-    ``columns_per_value`` is how many table columns each of the K embedding values takes: 1 when s is a
-    dense parameter, 2 when s is stored beside each value in the table.
-    """
-
-    columns_per_value: int = 1
-
-    @abc.abstractmethod
-    def split(self, rows: torch.Tensor, counts: Sequence[int]) -> Tuple[torch.Tensor, torch.Tensor]:
-        """Values and thresholds of looked-up rows.
-
-        Args:
-            rows: [n, columns_per_value * K] table rows of all features, feature after feature in the
-                provider's order.
-            counts: rows of each feature (sum n).
-
-        Returns:
-            (V [n, K], s broadcastable to [n, K]).
-        """
-
-    @abc.abstractmethod
-    def split_piece(self, feature: int, piece: torch.Tensor, cols: ColumnRange) -> Tuple[torch.Tensor, torch.Tensor, ColumnRange]:
-        """Values and thresholds of a local table shard covering table columns ``cols``.
-
-        Returns:
-            (V [r, k], s broadcastable to [r, k], the embedding columns [k0, k1) that V covers).
-        """
-
-    def init_piece(self, piece: torch.Tensor, cols: ColumnRange) -> None:
-        """Writes the initial thresholds into a local table shard (nothing when s is not in the table)."""
-
-    def dense_state(self) -> Dict[str, torch.Tensor]:
-        """The thresholds held as dense parameters, by name (empty when s lives in the table)."""
-        return {name: p.detach() for name, p in self.named_parameters()}
-
-
-class GlobalThreshold(Thresholds):
-    """One threshold shared by every value of every table.
+def check_single_valued(lengths: torch.Tensor, features: List[str], batch: int) -> None:
+    """Raises ``ValueError`` unless every bag of these (declared single-valued) features holds one id.
 
     Args:
-        init: initial s.
+        lengths: [G * B] bag lengths, feature after feature.
+        features: the G feature names (for the message).
+        batch: B.
     """
-
-    def __init__(self, init: float) -> None:
-        super().__init__()
-        self.s = nn.Parameter(torch.full((1,), float(init)))
-
-    def split(self, rows: torch.Tensor, counts: Sequence[int]) -> Tuple[torch.Tensor, torch.Tensor]:
-        return rows, self.s
-
-    def split_piece(self, feature: int, piece: torch.Tensor, cols: ColumnRange) -> Tuple[torch.Tensor, torch.Tensor, ColumnRange]:
-        return piece, self.s, cols
-
-
-class DimensionThreshold(Thresholds):
-    """One threshold per embedding dimension, shared by all features: s in R^K.
-
-    Args:
-        embedding_dim: K.
-        init: initial s.
-    """
-
-    def __init__(self, embedding_dim: int, init: float) -> None:
-        super().__init__()
-        self.s = nn.Parameter(torch.full((embedding_dim,), float(init)))
-
-    def split(self, rows: torch.Tensor, counts: Sequence[int]) -> Tuple[torch.Tensor, torch.Tensor]:
-        return rows, self.s
-
-    def split_piece(self, feature: int, piece: torch.Tensor, cols: ColumnRange) -> Tuple[torch.Tensor, torch.Tensor, ColumnRange]:
-        return piece, self.s[cols[0] : cols[1]], cols
-
-
-class FeatureThreshold(Thresholds):
-    """One threshold per sparse feature (field), shared by its rows and dimensions: s in R^F.
-
-    Args:
-        num_features: F.
-        init: initial s.
-    """
-
-    def __init__(self, num_features: int, init: float) -> None:
-        super().__init__()
-        self.s = nn.Parameter(torch.full((num_features,), float(init)))
-
-    def split(self, rows: torch.Tensor, counts: Sequence[int]) -> Tuple[torch.Tensor, torch.Tensor]:
-        per_row = torch.repeat_interleave(self.s, torch.tensor(counts, device=self.s.device), output_size=rows.size(0))
-        return rows, per_row.unsqueeze(1)
-
-    def split_piece(self, feature: int, piece: torch.Tensor, cols: ColumnRange) -> Tuple[torch.Tensor, torch.Tensor, ColumnRange]:
-        return piece, self.s[feature], cols
-
-
-class FeatureDimensionThreshold(Thresholds):
-    """One threshold per table value, s in R^{N x K}, stored interleaved with the values in the table.
-
-    Table row i is ``[V_i0, s_i0, V_i1, s_i1, ...]`` ([2K] wide), so lookups, sharding and the fused
-    optimizer treat s exactly like the values. ``init`` is written by :meth:`init_piece` after the tables
-    are initialised (``recdim.search.pep.init_threshold_tables``).
-
-    Args:
-        init: initial s.
-    """
-
-    columns_per_value = 2
-
-    def __init__(self, init: float) -> None:
-        super().__init__()
-        self.init = float(init)
-
-    def split(self, rows: torch.Tensor, counts: Sequence[int]) -> Tuple[torch.Tensor, torch.Tensor]:
-        pairs = rows.reshape(rows.size(0), -1, 2)
-        return pairs[..., 0], pairs[..., 1]
-
-    def split_piece(self, feature: int, piece: torch.Tensor, cols: ColumnRange) -> Tuple[torch.Tensor, torch.Tensor, ColumnRange]:
-        if cols[0] % 2 or cols[1] % 2:
-            raise ValueError(f"a shard splits a (value, threshold) pair: columns {cols}")
-        return piece[:, 0::2], piece[:, 1::2], (cols[0] // 2, cols[1] // 2)
-
-    def init_piece(self, piece: torch.Tensor, cols: ColumnRange) -> None:
-        if cols[0] % 2 or cols[1] % 2:
-            raise ValueError(f"a shard splits a (value, threshold) pair: columns {cols}")
-        piece[:, 1::2] = self.init
+    ok = lengths == 1
+    if lengths.device.type != "cpu":
+        torch._assert_async(ok.all(), f"PEP: a feature declared single-valued ({features}) got a bag of length != 1")
+    elif not bool(ok.all()):
+        bad = [f for f, good in zip(features, ok.view(len(features), batch).all(1).tolist()) if not good]
+        raise ValueError(
+            f"PEP: features {bad} are declared single-valued (pooled lookup) but got bags of length != 1; "
+            "a pooled row would sum several ids before the threshold. Declare them multi-valued."
+        )
 
 
 class ThresholdEmbeddingProvider(EmbeddingProvider):
-    """PEP: per-id soft-thresholded rows of one EmbeddingCollection, pooled per bag.
+    """PEP: soft-thresholded rows, per id before pooling (bags) or per pooled row (single-valued features).
 
     Output of feature f for bag b: ``sum_{i in b} w_i * S(V_f[i], s)`` (``mean`` divides by the bag
-    length), with S the soft threshold and ``g`` applied to ``s + threshold_offset``.
+    length), with S the soft threshold and ``g`` applied to ``s + threshold_offset``. Features in
+    ``single_valued`` are looked up in ``self.ebc`` (EmbeddingBagCollection) and must carry exactly one id
+    per bag (checked); the others in ``self.ec`` (EmbeddingCollection). ``self.tables`` lists every
+    table's config in feature order; either module is ``None`` when no feature takes its path.
 
     Args:
         num_embeddings: rows per feature (``{feature: N}``), in output order.
@@ -244,18 +151,20 @@ class ThresholdEmbeddingProvider(EmbeddingProvider):
         thresholds: where s lives (the granularity), e.g. :class:`DimensionThreshold`.
         gate: g, s -> threshold; any callable or module (``torch.sigmoid`` by default).
         pooling: ``"sum"`` or ``"mean"``.
-        is_weighted: multiply each thresholded row by its KJT weight before pooling.
+        is_weighted: multiply each thresholded row by its KJT weight (before pooling a bag).
         device: where tables are allocated (``meta`` to let DMP materialise them sharded).
+        single_valued: features whose every bag holds exactly one id (pooled lookup, the fast path).
 
     Call:
-        features (KeyedJaggedTensor): keys ``feature_names``, batch size B.
+        features (KeyedJaggedTensor): keys ``feature_names`` (any order), batch size B.
 
     Returns:
-        KeyedTensor: values [B, F * K].
+        KeyedTensor: values [B, F * K], features in ``feature_names`` order.
 
     Example::
 
-        provider = ThresholdEmbeddingProvider({"user": 944, "item": 1683}, 16, DimensionThreshold(16, -8.0))
+        provider = ThresholdEmbeddingProvider({"user": 944, "genres": 19}, 16, DimensionThreshold(16, -8.0),
+                                              single_valued=["user"])
         kt = provider(kjt)               # [B, 2 * 16]; values under sigmoid(s) read as 0
     """
 
@@ -268,25 +177,48 @@ class ThresholdEmbeddingProvider(EmbeddingProvider):
         pooling: str = "sum",
         is_weighted: bool = False,
         device: Optional[torch.device] = None,
+        single_valued: Collection[str] = (),
     ) -> None:
         super().__init__(list(num_embeddings), embedding_dim)
         if pooling not in ("sum", "mean"):
             raise ValueError(f"pooling must be 'sum' or 'mean', got {pooling!r}")
+        features = list(num_embeddings)
+        unknown = set(single_valued) - set(features)
+        if unknown:
+            raise ValueError(f"single_valued names unknown features: {sorted(unknown)}")
         self.mean = pooling == "mean"
         self.is_weighted = is_weighted
         self.thresholds = thresholds
         self.gate = gate
         self.num_embeddings = {f: int(n) for f, n in num_embeddings.items()}
-        self.tables = [
-            EmbeddingConfig(
-                name=table_name(f),
-                embedding_dim=embedding_dim * thresholds.columns_per_value,
-                num_embeddings=int(n),
-                feature_names=[f],
-            )
-            for f, n in num_embeddings.items()
+        width = embedding_dim * thresholds.columns_per_value
+        self.bag_features = [f for f in features if f in single_valued]
+        self.seq_features = [f for f in features if f not in single_valued]
+        self.bag_tables = [
+            EmbeddingBagConfig(name=table_name(f), embedding_dim=width, num_embeddings=self.num_embeddings[f],
+                               feature_names=[f], pooling=PoolingType.SUM)
+            for f in self.bag_features
         ]
-        self.ec = EmbeddingCollection(tables=self.tables, device=device)
+        self.seq_tables = [
+            EmbeddingConfig(name=table_name(f), embedding_dim=width, num_embeddings=self.num_embeddings[f], feature_names=[f])
+            for f in self.seq_features
+        ]
+        by_name: Dict[str, BaseEmbeddingConfig] = {t.name: t for t in [*self.bag_tables, *self.seq_tables]}
+        self.tables: List[BaseEmbeddingConfig] = [by_name[table_name(f)] for f in features]
+        # per-sample weights are applied after the threshold, so the EBC itself is unweighted
+        self.ebc = EmbeddingBagCollection(tables=self.bag_tables, device=device) if self.bag_features else None
+        self.ec = EmbeddingCollection(tables=self.seq_tables, device=device) if self.seq_features else None
+        # input order: pooled features first, then per-id ones; output order restored by _inverse
+        self._input_order = self.bag_features + self.seq_features
+        order = [features.index(f) for f in self._input_order]
+        self.register_buffer("_bag_index", torch.tensor(order[: len(self.bag_features)], dtype=torch.int64), persistent=False)
+        self.register_buffer("_seq_index", torch.tensor(order[len(self.bag_features) :], dtype=torch.int64), persistent=False)
+        inverse = [order.index(i) for i in range(len(features))]
+        self._inverse: Optional[List[int]] = None if inverse == list(range(len(features))) else inverse
+        self._kt_perm: Optional[Tuple[Tuple[str, ...], Optional[List[int]]]] = None
+        # known non-negative gates get the fused soft threshold (same values and sub-gradients)
+        self._fused = gate in NEG_GATE_GRADS
+        self._paired = self._fused and isinstance(thresholds, FeatureDimensionThreshold)
         # The ramp schedule: added to every s (see the module docstring). Not trained.
         self.register_buffer("threshold_offset", torch.zeros(()))
 
@@ -294,28 +226,88 @@ class ThresholdEmbeddingProvider(EmbeddingProvider):
         """g(s + offset)."""
         return self.gate(s + self.threshold_offset)
 
+    def _prune(self, values: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
+        """S(V, g(s + offset)), fused when the gate is known."""
+        threshold = self.threshold(s)
+        return fast_soft_threshold(values, threshold) if self._fused else soft_threshold(values, threshold)
+
+    def table_key(self, name: str) -> str:
+        """State-dict key of table ``name``, relative to the provider.
+
+        Example::
+
+            provider.table_key("t_user")   # 'ebc.embedding_bags.t_user.weight' for a single-valued feature
+        """
+        if name in {t.name for t in self.bag_tables}:
+            return f"ebc.embedding_bags.{name}.weight"
+        if name in {t.name for t in self.seq_tables}:
+            return f"ec.embeddings.{name}.weight"
+        raise KeyError(f"no table {name!r}")
+
     def forward(self, features: KeyedJaggedTensor) -> KeyedTensor:
-        looked_up = self.ec(features)
-        jts = [looked_up[name] for name in self._feature_names]
+        keys = features.keys()
+        if keys != self._input_order:
+            if sorted(keys) != sorted(self._input_order):
+                raise ValueError(f"expected features {self.feature_names}, got {keys}")
+            features = features.permute([keys.index(f) for f in self._input_order])
+        if self.ebc is not None and self.ec is not None:
+            bags, seqs = features.split([len(self.bag_features), len(self.seq_features)])
+            parts = [self._pooled_path(bags), self._per_id_path(seqs)]
+            out = torch.cat(parts, dim=1)
+        else:
+            out = self._pooled_path(features) if self.ebc is not None else self._per_id_path(features)
+        if self._inverse is not None:
+            out = out[:, self._inverse]
+        batch, num_features, k = out.size(0), out.size(1), self._embedding_dim
+        return KeyedTensor(keys=self.feature_names, length_per_key=[k] * num_features, values=out.reshape(batch, num_features * k))
+
+    def _pooled_path(self, kjt: KeyedJaggedTensor) -> torch.Tensor:
+        """Single-valued features: S of each pooled row (= the row of the bag's one id), weighted. [B, G, K]."""
+        assert self.ebc is not None
+        batch, group = kjt.stride(), len(self.bag_features)
+        check_single_valued(kjt.lengths(), self.bag_features, batch)
+        weights = kjt.weights_or_none()
+        if weights is not None:
+            kjt = KeyedJaggedTensor(keys=kjt.keys(), values=kjt.values(), lengths=kjt.lengths(), stride=batch)
+        kt = self.ebc(kjt)
+        rows = self.table_output(kt.values()).view(batch, group, -1)
+        perm = self._key_permutation(kt)
+        if perm is not None:
+            rows = rows[:, perm]
+        if self._paired:
+            pruned = paired_soft_threshold(rows, self.threshold_offset, self.gate)
+        else:
+            pruned = self._prune(*self.thresholds.split_grouped(rows, self._bag_index))
+        if self.is_weighted and weights is not None:
+            pruned = pruned * weights.view(group, batch).t().unsqueeze(-1)  # one weight per bag
+        return pruned
+
+    def _key_permutation(self, kt: KeyedTensor) -> Optional[List[int]]:
+        """Columns that put the (possibly sharded) EBC's output keys in ``bag_features`` order."""
+        keys = tuple(kt.keys())
+        if self._kt_perm is None or self._kt_perm[0] != keys:
+            self._kt_perm = (keys, None if list(keys) == self.bag_features else [keys.index(f) for f in self.bag_features])
+        return self._kt_perm[1]
+
+    def _per_id_path(self, kjt: KeyedJaggedTensor) -> torch.Tensor:
+        """Bags: S of every id's row, weighted, summed (or averaged) per bag. [B, G, K]."""
+        assert self.ec is not None
+        looked_up = self.ec(kjt)
+        jts = [looked_up[name] for name in self.seq_features]
         counts = [jt.values().size(0) for jt in jts]
-        # every feature at once: rows [n, c * K] feature after feature, bags [F * B] in the same order
-        rows = torch.cat([self.table_output(jt.values()) for jt in jts])
+        # every feature at once: rows [n, c * K] feature after feature, bags [G * B] in the same order
+        rows = self.table_output(torch.cat([jt.values() for jt in jts]))
         lengths = torch.cat([jt.lengths() for jt in jts])
-        values, s = self.thresholds.split(rows, counts)
-        pruned = soft_threshold(values, self.threshold(s))
-        if self.is_weighted:
-            by_feature = features.to_dict()
-            weights = [by_feature[name].weights_or_none() for name in self._feature_names]
-            if all(w is not None for w in weights):
-                pruned = pruned * torch.cat(weights).unsqueeze(1)  # type: ignore[arg-type]
-        num_features, k = len(jts), self._embedding_dim
-        pooled = pool_rows(pruned, lengths, self.mean)  # [F * B, K]
-        batch = pooled.size(0) // num_features
-        return KeyedTensor(
-            keys=self.feature_names,
-            length_per_key=[k] * num_features,
-            values=pooled.view(num_features, batch, k).transpose(0, 1).reshape(batch, num_features * k),
-        )
+        if self._paired:
+            pruned = paired_soft_threshold(rows, self.threshold_offset, self.gate)
+        else:
+            pruned = self._prune(*self.thresholds.split(rows, counts, self._seq_index))
+        weights = kjt.weights_or_none()
+        if self.is_weighted and weights is not None:
+            pruned = pruned * weights.unsqueeze(1)
+        group, k = len(jts), self._embedding_dim
+        pooled = pool_rows(pruned, lengths, self.mean)  # [G * B, K]
+        return pooled.view(group, pooled.size(0) // group, k).transpose(0, 1)
 
     @torch.no_grad()
     def keep_mask(self, feature: int, piece: torch.Tensor, cols: ColumnRange) -> Tuple[torch.Tensor, ColumnRange]:
@@ -330,7 +322,43 @@ class ThresholdEmbeddingProvider(EmbeddingProvider):
             (bool [r, k], the embedding columns [k0, k1) it covers).
         """
         values, s, value_cols = self.thresholds.split_piece(feature, piece, cols)
-        return soft_threshold(values, self.threshold(s)) != 0, value_cols
+        return self._kept(values, s), value_cols
+
+    @torch.no_grad()
+    def count_kept(self, pieces: Sequence[Tuple[int, torch.Tensor, ColumnRange]]) -> torch.Tensor:
+        """How many values of these local table shards survive the threshold.
+
+        Whole-width pieces are counted together (one concatenation, one pass: per-table passes would cost
+        more in dispatch than in arithmetic), column shards one by one.
+
+        Args:
+            pieces: ``(feature index, local piece [r, columns_per_value * k], table columns)``.
+
+        Returns:
+            Tensor: int64 scalar, on the device of ``threshold_offset``.
+
+        Example::
+
+            nnz = provider.count_kept([(0, provider.ec.embeddings["t_user"].weight, (0, 16))])
+        """
+        total = torch.zeros((), dtype=torch.int64, device=self.threshold_offset.device)
+        width = self._embedding_dim * self.thresholds.columns_per_value
+        whole = [(f, piece) for f, piece, cols in pieces if tuple(cols) == (0, width)]
+        for f, piece, cols in pieces:
+            if tuple(cols) != (0, width):
+                total += self.keep_mask(f, piece, cols)[0].sum().to(total.device)
+        if whole:
+            rows = torch.cat([piece for _, piece in whole]) if len(whole) > 1 else whole[0][1]
+            index = torch.tensor([f for f, _ in whole], dtype=torch.int64, device=rows.device)
+            values, s = self.thresholds.split(rows, [piece.size(0) for _, piece in whole], index)
+            total += self._kept(values, s).sum().to(total.device)
+        return total
+
+    def _kept(self, values: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
+        """``S(V, g(s + offset)) != 0``, exactly: |V| - t > 0 iff |V| > t in IEEE arithmetic, and
+        sign(V) != 0 iff V != 0 (implied when the gate is known non-negative)."""
+        kept = values.abs() > self.threshold(s)
+        return kept if self._fused else kept & (values != 0)
 
     @torch.no_grad()
     def effective_weights(self, tables: Mapping[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
@@ -356,22 +384,3 @@ class ThresholdEmbeddingProvider(EmbeddingProvider):
     def embedding_bytes(self) -> int:
         stored = sum(t.num_embeddings * t.embedding_dim for t in self.tables)
         return 4 * (stored + sum(p.numel() for p in self.thresholds.parameters()))
-
-
-def make_thresholds(granularity: str, feature_names: Sequence[str], embedding_dim: int, init: float) -> Thresholds:
-    """The :class:`Thresholds` for a granularity name (``global``, ``dimension``, ``feature``,
-    ``feature_dimension``).
-
-    Example::
-
-        thresholds = make_thresholds("dimension", ["user", "item"], 16, init=-8.0)
-    """
-    if granularity == "global":
-        return GlobalThreshold(init)
-    if granularity == "dimension":
-        return DimensionThreshold(embedding_dim, init)
-    if granularity == "feature":
-        return FeatureThreshold(len(feature_names), init)
-    if granularity == "feature_dimension":
-        return FeatureDimensionThreshold(init)
-    raise ValueError(f"unknown PEP granularity {granularity!r}")

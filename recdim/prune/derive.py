@@ -120,11 +120,16 @@ def derive(cfg: Config, search_dir: Path) -> List[PrunedModel]:
 
 
 def _pep_rewind(scfg: Config, provider: Any, features: List[str]) -> Dict[str, torch.Tensor]:
-    """PEP's tables as initialised (before any step): the values V, thresholds split off."""
+    """PEP's tables as initialised (before any step): the values V, thresholds split off.
+
+    Each table's values are regenerated from the seed and its state-dict key in the model, which depends on
+    the table's lookup path (``provider.ebc.embedding_bags.<t>.weight`` for single-valued features,
+    ``provider.ec.embeddings.<t>.weight`` for bags; :meth:`ThresholdEmbeddingProvider.table_key`).
+    """
     out = {}
     for i, f in enumerate(features):
         t = next(t for t in provider.tables if t.name == table_name(f))
-        key = f"provider.ec.embeddings.{t.name}.weight"
+        key = f"provider.{provider.table_key(t.name)}"
         full = table_rows(scfg.train.seed, key, (0, t.num_embeddings), (0, t.embedding_dim), t.embedding_dim, scfg.train.init_std)
         values, _, _ = provider.thresholds.split_piece(i, full, (0, full.size(1)))
         out[f] = values

@@ -11,9 +11,17 @@ needs around :class:`~recdim.modules.threshold.ThresholdEmbeddingProvider`:
   and stops training once the smallest budget is reached;
 - :class:`PEPMethod`, the :class:`~recdim.search.method.SearchMethod` tying them to a session.
 
+Lookup paths: :meth:`PEPMethod.provider_factory` reads the dataset schema. ``CATEGORICAL`` and
+``WEIGHTED`` fields hold exactly one id per row, so their tables go into the provider's
+EmbeddingBagCollection and are thresholded after the pooled lookup (a bag of one id pools to its row:
+exact, and several times cheaper to train on CPU than per-id lookups); ``MULTI_CATEGORICAL`` fields (bags)
+stay in its EmbeddingCollection and are thresholded per id before pooling. Tables are ``t_<feature>`` on
+both paths, so masks, snapshots and thresholds files do not depend on the split.
+
 Lottery-ticket rewind needs no copy of the initial tables: :func:`recdim.train.init.table_rows` regenerates
-them from the seed written in ``snapshots.json`` (for ``feature_dimension`` the values are the even
-columns of the [N, 2K] table).
+them from the seed written in ``snapshots.json`` and the table's state-dict key
+(:meth:`~recdim.modules.threshold.ThresholdEmbeddingProvider.table_key`, which depends on the path; for
+``feature_dimension`` the values are the even columns of the [N, 2K] table).
 """
 
 from __future__ import annotations
@@ -24,7 +32,7 @@ import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Collection, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -34,6 +42,7 @@ from torch.utils.hooks import RemovableHandle
 
 from recdim.config import Config, ModelConfig
 from recdim.data.prepared import PreparedDataset
+from recdim.data.schema import FieldKind
 from recdim.modules.threshold import GATES, ThresholdEmbeddingProvider, make_thresholds
 from recdim.search.method import SearchMethod
 from recdim.search.pep_config import PEPConfig
@@ -43,10 +52,13 @@ from recdim.train.hooks import StepHook
 
 __all__ = [
     "CoupledL2", "LinearRamp", "PEPHook", "PEPMethod", "Snapshot", "ThresholdPressure", "build_threshold_provider",
-    "count_nonzeros", "gather_masks", "gather_thresholds", "init_threshold_tables", "pressures", "table_pieces",
+    "count_nonzeros", "gather_masks", "gather_thresholds", "init_threshold_tables", "pressures", "single_valued_features",
+    "table_pieces",
 ]
 
 log = logging.getLogger(__name__)
+
+SINGLE_VALUED_KINDS = (FieldKind.CATEGORICAL, FieldKind.WEIGHTED)
 
 
 class ThresholdPressure:
@@ -258,10 +270,44 @@ class PEPHook(StepHook):
         }
 
 
-def build_threshold_provider(pep: PEPConfig, model: ModelConfig, num_embeddings: Dict[str, int], weighted: bool, device: torch.device) -> ThresholdEmbeddingProvider:
-    """The PEP provider for a config (tables on ``device``, dense thresholds on the default device)."""
+def build_threshold_provider(
+    pep: PEPConfig,
+    model: ModelConfig,
+    num_embeddings: Dict[str, int],
+    weighted: bool,
+    device: torch.device,
+    single_valued: Collection[str] = (),
+) -> ThresholdEmbeddingProvider:
+    """The PEP provider for a config (tables on ``device``, dense thresholds on the default device).
+
+    Args:
+        pep: PEP settings (granularity, gate, initial s).
+        model: K and the pooling.
+        num_embeddings: rows per feature, in output order.
+        weighted: the batches carry per-value weights.
+        device: where tables are allocated.
+        single_valued: features with exactly one id per bag: looked up pooled (EmbeddingBagCollection)
+            and thresholded after the lookup, the fast exact path; the others per id
+            (EmbeddingCollection). See :func:`single_valued_features`.
+
+    Example::
+
+        provider = build_threshold_provider(PEPConfig(), cfg.model, {"user": 944, "genres": 19}, False,
+                                            torch.device("meta"), single_valued=["user"])
+    """
     thresholds = make_thresholds(pep.granularity, list(num_embeddings), model.embedding_dim, pep.threshold_init)
-    return ThresholdEmbeddingProvider(num_embeddings, model.embedding_dim, thresholds, GATES[pep.gate], model.pooling, weighted, device)
+    return ThresholdEmbeddingProvider(
+        num_embeddings, model.embedding_dim, thresholds, GATES[pep.gate], model.pooling, weighted, device, single_valued
+    )
+
+
+def single_valued_features(dataset: Optional[PreparedDataset], features: Sequence[str]) -> List[str]:
+    """The features the dataset schema declares single-valued (``CATEGORICAL`` and ``WEIGHTED`` fields hold
+    exactly one id per row; ``MULTI_CATEGORICAL`` ones are bags). Without a dataset, none (every feature
+    takes the per-id path, exact for any input)."""
+    if dataset is None:
+        return []
+    return [f for f in features if dataset.schema[f].kind in SINGLE_VALUED_KINDS]
 
 
 def pep_section(cfg: Config) -> PEPConfig:
@@ -294,8 +340,10 @@ class PEPMethod(SearchMethod):
         self.hook: Optional[PEPHook] = None
 
     def provider_factory(self, dataset: PreparedDataset, features: Sequence[str]) -> ProviderFactory:
+        single = single_valued_features(dataset, features)
+
         def factory(model: ModelConfig, num_embeddings: Dict[str, int], weighted: bool, device: torch.device) -> ThresholdEmbeddingProvider:
-            return build_threshold_provider(self.pep, model, num_embeddings, weighted, device)
+            return build_threshold_provider(self.pep, model, num_embeddings, weighted, device, [f for f in single if f in num_embeddings])
 
         return factory
 

@@ -1,10 +1,11 @@
 """Distributed bookkeeping over PEP's thresholded tables: walking local shards, writing initial
 thresholds, counting survivors across ranks, and gathering masks and thresholds on rank 0.
 
-Every function reads the provider's (possibly sharded) :class:`EmbeddingCollection` state dict, so it
-works for any sharding: each rank handles the shards it holds and one integer (the count) or one gather
-(the masks) crosses the group. Replicated (data-parallel) tables are counted and gathered from rank 0
-only.
+Every function reads the state dict of the provider's (possibly sharded) table modules (the
+EmbeddingBagCollection of single-valued features and the EmbeddingCollection of bags; tables are named
+``t_<feature>`` on both), so it works for any sharding and any split of features between the two: each
+rank handles the shards it holds and one integer (the count) or one gather (the masks) crosses the
+group. Replicated (data-parallel) tables are counted and gathered from rank 0 only.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from torch.distributed._shard.sharded_tensor import ShardedTensor
 from recdim.modules.threshold import ThresholdEmbeddingProvider
 from recdim.train.init import local_pieces
 
-_TABLE_KEY = re.compile(r"(?:^|\.)embeddings\.([^.]+)\.weight$")
+_TABLE_KEY = re.compile(r"(?:^|\.)(?:embedding_bags|embeddings)\.([^.]+)\.weight$")
 
 # (feature index, local piece, table columns) -> (tensor [r, k], embedding columns)
 Extract = Callable[[int, torch.Tensor, Tuple[int, int]], Tuple[torch.Tensor, Tuple[int, int]]]
@@ -41,7 +42,11 @@ def table_pieces(provider: ThresholdEmbeddingProvider, owned: bool = True) -> It
             across the group; ``False`` yields every local copy.
     """
     rank, world = rank_and_world()
-    for key, value in provider.ec.state_dict().items():
+    state: Dict[str, torch.Tensor] = {}
+    for module in (provider.ebc, provider.ec):
+        if module is not None:
+            state.update(module.state_dict())
+    for key, value in state.items():
         m = _TABLE_KEY.search(key)
         if m is None:
             continue
@@ -68,10 +73,7 @@ def init_threshold_tables(provider: ThresholdEmbeddingProvider) -> None:
 def count_nonzeros(provider: ThresholdEmbeddingProvider) -> Tuple[int, int]:
     """``(surviving values, all values)`` over every shard of every table, identical on all ranks."""
     # on the model's device (the ramp buffer lives there): NCCL reduces device tensors only
-    nnz = torch.zeros((), dtype=torch.int64, device=provider.threshold_offset.device)
-    for feature, _, local, _, cols in table_pieces(provider):
-        mask, _ = provider.keep_mask(feature, local, cols)
-        nnz += mask.sum().to(nnz.device)
+    nnz = provider.count_kept([(feature, local, cols) for feature, _, local, _, cols in table_pieces(provider)])
     if rank_and_world()[1] > 1:
         dist.all_reduce(nnz)
     return int(nnz), provider.embedding_params()

@@ -1,9 +1,13 @@
 """PEP threshold provider against a per-id loop reference: output, table and threshold gradients,
-unsharded and sharded over 2 gloo ranks (fused SGD), plus shard-wise counting and mask gathering."""
+unsharded and sharded over 2 gloo ranks (fused SGD), plus shard-wise counting and mask gathering.
+
+Every case runs on both lookup layouts: ``per_id`` (every feature in the EmbeddingCollection) and
+``mixed`` (the single-valued features "b" and "c" pooled in the EmbeddingBagCollection, the bag feature
+"a" per id; "a" sits between them, so the provider reorders its input and output)."""
 
 from __future__ import annotations
 
-from typing import Dict, List, Optional, Tuple
+from typing import Callable, Dict, List, Optional, Tuple
 
 import pytest
 import torch
@@ -13,7 +17,9 @@ from recdim.config import TrainConfig
 from recdim.modules.threshold import (
     FeatureDimensionThreshold,
     ThresholdEmbeddingProvider,
+    fast_soft_threshold,
     make_thresholds,
+    paired_soft_threshold,
     pool_rows,
     soft_threshold,
 )
@@ -22,11 +28,14 @@ from recdim.train.init import init_tables, local_pieces, table_rows, table_state
 from tests.dist_utils import run_ranks
 
 K = 8
-NUM = {"a": 11, "b": 7}  # "a": multi-valued bags (some empty), "b": single-valued
+NUM = {"b": 7, "a": 11, "c": 5}  # "a": multi-valued bags (some empty), "b" and "c": single-valued
 FEATURES = list(NUM)
+F = len(FEATURES)
+SINGLE = {"per_id": (), "mixed": ("b", "c")}
 SEED, STD, LR, OFFSET = 3, 0.1, 0.5, 0.25
 GRANULARITIES = ["global", "dimension", "feature", "feature_dimension"]
 Bags = Dict[str, List[List[int]]]
+Weights = Dict[str, List[List[float]]]
 
 
 def fill(seed: int, key: str, rows: Tuple[int, int], cols: Tuple[int, int], full_dim: int, std: float) -> torch.Tensor:
@@ -38,15 +47,19 @@ def fill(seed: int, key: str, rows: Tuple[int, int], cols: Tuple[int, int], full
     return out
 
 
-def full_tables(prefix: str, width: int) -> Dict[str, torch.Tensor]:
-    return {f: fill(SEED, f"{prefix}embeddings.t_{f}.weight", (0, n), (0, width), width, STD) for f, n in NUM.items()}
+def full_tables(provider: ThresholdEmbeddingProvider) -> Dict[str, torch.Tensor]:
+    """The initial tables (``fill`` under each table's state-dict key), whole, as leaves for autograd."""
+    width = K * provider.thresholds.columns_per_value
+    return {
+        f: fill(SEED, provider.table_key(f"t_{f}"), (0, n), (0, width), width, STD).requires_grad_() for f, n in NUM.items()
+    }
 
 
 def dense_s(granularity: str) -> Optional[torch.Tensor]:
     return {
         "global": torch.tensor([-3.0]),
         "dimension": torch.linspace(-4.0, -2.0, K),
-        "feature": torch.tensor([-3.5, -2.5]),
+        "feature": torch.tensor([-3.5, -2.5, -3.0]),
     }.get(granularity)
 
 
@@ -56,25 +69,31 @@ def make_bags(batch: int, seed: int) -> Bags:
     lengths[1] = 0
     a = [torch.randint(0, NUM["a"], (int(n),), generator=g).tolist() for n in lengths]
     b = [[int(torch.randint(0, NUM["b"], (1,), generator=g))] for _ in range(batch)]
-    return {"a": a, "b": b}
+    c = [[int(torch.randint(0, NUM["c"], (1,), generator=g))] for _ in range(batch)]
+    return {"a": a, "b": b, "c": c}
 
 
-def to_kjt(bags: Bags, lo: int, hi: int, weights: Optional[Dict[str, List[List[float]]]] = None) -> KeyedJaggedTensor:
+def make_weights(bags: Bags, seed: int) -> Weights:
+    g = torch.Generator().manual_seed(seed)
+    return {f: [[float(x) for x in torch.rand(len(bag), generator=g) + 0.5] for bag in bags[f]] for f in FEATURES}
+
+
+def to_kjt(bags: Bags, lo: int, hi: int, weights: Optional[Weights] = None, keys: List[str] = FEATURES) -> KeyedJaggedTensor:
     values, lengths, w = [], [], []
-    for f in FEATURES:
+    for f in keys:
         for i in range(lo, hi):
             values += bags[f][i]
             lengths.append(len(bags[f][i]))
             if weights is not None:
                 w += weights[f][i]
     return KeyedJaggedTensor.from_lengths_sync(
-        keys=FEATURES, values=torch.tensor(values, dtype=torch.long), lengths=torch.tensor(lengths, dtype=torch.int32),
+        keys=list(keys), values=torch.tensor(values, dtype=torch.long), lengths=torch.tensor(lengths, dtype=torch.int32),
         weights=torch.tensor(w) if weights is not None else None,
     )
 
 
 def reference(tables: Dict[str, torch.Tensor], s: Optional[torch.Tensor], granularity: str, bags: Bags, mean: bool,
-              weights: Optional[Dict[str, List[List[float]]]] = None) -> torch.Tensor:
+              weights: Optional[Weights] = None) -> torch.Tensor:
     """Per id: split value / threshold, sign(V) relu(|V| - sigmoid(s + offset)), weight, sum or mean."""
     batch = len(bags["a"])
     out = []
@@ -97,9 +116,11 @@ def reference(tables: Dict[str, torch.Tensor], s: Optional[torch.Tensor], granul
     return torch.cat(out, dim=1)
 
 
-def make_provider(granularity: str, pooling: str, device: Optional[torch.device] = None, weighted: bool = False) -> ThresholdEmbeddingProvider:
+def make_provider(granularity: str, pooling: str, device: Optional[torch.device] = None, weighted: bool = False,
+                  layout: str = "per_id", gate: Callable[[torch.Tensor], torch.Tensor] = torch.sigmoid) -> ThresholdEmbeddingProvider:
     thresholds = make_thresholds(granularity, FEATURES, K, -3.0)
-    return ThresholdEmbeddingProvider(NUM, K, thresholds, pooling=pooling, is_weighted=weighted, device=device)
+    return ThresholdEmbeddingProvider(NUM, K, thresholds, gate, pooling=pooling, is_weighted=weighted, device=device,
+                                      single_valued=SINGLE[layout])
 
 
 def set_dense_s(provider: ThresholdEmbeddingProvider, granularity: str) -> None:
@@ -118,23 +139,22 @@ def test_soft_threshold_and_pooling_basics() -> None:
     assert pool_rows(rows, torch.ones(4, dtype=torch.int32)) is rows  # single-valued fast path
 
 
+@pytest.mark.parametrize("layout", list(SINGLE))
 @pytest.mark.parametrize("pooling", ["sum", "mean"])
 @pytest.mark.parametrize("granularity", GRANULARITIES)
-def test_matches_reference_unsharded(granularity: str, pooling: str) -> None:
-    weighted = granularity == "feature" and pooling == "sum"
-    provider = make_provider(granularity, pooling, weighted=weighted)
-    width = K * provider.thresholds.columns_per_value
+def test_matches_reference_unsharded(granularity: str, pooling: str, layout: str) -> None:
+    weighted = granularity != "dimension" and pooling == "sum"
+    provider = make_provider(granularity, pooling, weighted=weighted, layout=layout)
     init_tables(provider, SEED, STD, fill=fill)
     set_dense_s(provider, granularity)
     bags = make_bags(6, seed=1)
-    g = torch.Generator().manual_seed(2)
-    weights = {f: [[float(x) for x in torch.rand(len(bag), generator=g) + 0.5] for bag in bags[f]] for f in FEATURES} if weighted else None
-    r = torch.randn(6, 2 * K, generator=g)
+    weights = make_weights(bags, seed=2) if weighted else None
+    r = torch.randn(6, F * K, generator=torch.Generator().manual_seed(3))
 
     out = provider(to_kjt(bags, 0, 6, weights)).values()
     (out * r).sum().backward()
 
-    tables = {f: t.clone().requires_grad_() for f, t in full_tables("ec.", width).items()}
+    tables = full_tables(provider)
     s = dense_s(granularity)
     s = s.clone().requires_grad_() if s is not None else None
     ref = reference(tables, s, granularity, bags, pooling == "mean", weights)
@@ -142,7 +162,7 @@ def test_matches_reference_unsharded(granularity: str, pooling: str) -> None:
 
     torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-5)
     for f in FEATURES:
-        grad = provider.ec.embeddings[f"t_{f}"].weight.grad
+        grad = provider.get_parameter(provider.table_key(f"t_{f}")).grad
         torch.testing.assert_close(grad, tables[f].grad, atol=1e-5, rtol=1e-5)
     if s is not None:
         torch.testing.assert_close(provider.thresholds.s.grad, s.grad, atol=1e-5, rtol=1e-5)
@@ -151,18 +171,24 @@ def test_matches_reference_unsharded(granularity: str, pooling: str) -> None:
     assert 0.0 < float((ref == 0).float().mean()) < 0.9
 
 
+DIST_CASES = [(g, "sum", layout, False) for layout in SINGLE for g in GRANULARITIES] + [
+    ("dimension", "mean", "per_id", False), ("dimension", "mean", "mixed", False), ("feature_dimension", "sum", "mixed", True),
+]
+
+
 def _dist_cases(rank: int, world: int) -> List[Dict[str, object]]:
-    """Each granularity sharded table-wise with fused SGD: local output, threshold gradient, the table
-    after one step, and the global non-zero count and gathered masks of the initial tables."""
+    """Each case sharded table-wise with fused SGD: local output, threshold gradient, the table after one
+    step, and the global non-zero count and gathered masks of the initial tables."""
     from recdim.train.distributed import init_distributed, shard_model
 
     ctx = init_distributed("cpu")
     bags = make_bags(8, seed=5)
-    r = torch.randn(8, 2 * K, generator=torch.Generator().manual_seed(6))
+    weights = make_weights(bags, seed=7)
+    r = torch.randn(8, F * K, generator=torch.Generator().manual_seed(6))
     lo, hi = rank * 4, rank * 4 + 4
     results = []
-    for granularity, pooling in [(g, "sum") for g in GRANULARITIES] + [("dimension", "mean")]:
-        provider = make_provider(granularity, pooling, device=torch.device("meta"))
+    for granularity, pooling, layout, weighted in DIST_CASES:
+        provider = make_provider(granularity, pooling, device=torch.device("meta"), weighted=weighted, layout=layout)
         cfg = TrainConfig(embedding_optimizer="sgd", embedding_lr=LR, sharding="table_wise", device="cpu")
         dmp = shard_model(provider, cfg, ctx)
         init_tables(dmp, SEED, STD, fill=fill)
@@ -170,33 +196,34 @@ def _dist_cases(rank: int, world: int) -> List[Dict[str, object]]:
         set_dense_s(live, granularity)
         nnz = count_nonzeros(live)
         masks = gather_masks(live)
-        out = dmp(to_kjt(bags, lo, hi)).values()
+        out = dmp(to_kjt(bags, lo, hi, weights if weighted else None)).values()
         ((out * r[lo:hi]).sum() / (hi - lo)).backward()
         pieces = [(key, rows, cols, t.detach().clone()) for key, v in table_state(dmp) for t, rows, cols in local_pieces(v)]
         s_grad = live.thresholds.s.grad.clone() if granularity != "feature_dimension" else None
-        results.append(dict(granularity=granularity, pooling=pooling, out=out.detach(), s_grad=s_grad, pieces=pieces, nnz=nnz, masks=masks))
+        results.append(dict(out=out.detach(), s_grad=s_grad, pieces=pieces, nnz=nnz, masks=masks))
     return results
 
 
 def test_matches_reference_sharded_two_ranks() -> None:
     ranks = run_ranks(2, _dist_cases)
     bags = make_bags(8, seed=5)
-    r = torch.randn(8, 2 * K, generator=torch.Generator().manual_seed(6))
-    for case in range(len(ranks[0])):
-        granularity, pooling = ranks[0][case]["granularity"], ranks[0][case]["pooling"]
-        width = 2 * K if granularity == "feature_dimension" else K
-        tables = {f: t.clone().requires_grad_() for f, t in full_tables("ec.", width).items()}
+    weights = make_weights(bags, seed=7)
+    r = torch.randn(8, F * K, generator=torch.Generator().manual_seed(6))
+    for case, (granularity, pooling, layout, weighted) in enumerate(DIST_CASES):
+        provider = make_provider(granularity, pooling, device=torch.device("meta"), layout=layout)
+        tables = full_tables(provider)
         s = dense_s(granularity)
         s = s.clone().requires_grad_() if s is not None else None
-        ref = reference(tables, s, granularity, bags, pooling == "mean")
+        ref = reference(tables, s, granularity, bags, pooling == "mean", weights if weighted else None)
         ((ref * r).sum() / 8).backward()
+        keys = {provider.table_key(f"t_{f}"): f for f in FEATURES}
         for rank, res in enumerate(ranks):
             res = res[case]
             torch.testing.assert_close(res["out"], ref[rank * 4 : rank * 4 + 4].detach(), atol=1e-5, rtol=1e-5)
             if s is not None:
                 torch.testing.assert_close(res["s_grad"], s.grad, atol=1e-5, rtol=1e-5)
             for key, (r0, r1), (c0, c1), piece in res["pieces"]:
-                f = key.split(".t_")[1].split(".")[0]
+                f = keys[key]  # the sharded model keeps each table's key (and so its initial values)
                 stepped = (tables[f] - LR * tables[f].grad).detach()[r0:r1, c0:c1]
                 torch.testing.assert_close(piece, stepped, atol=1e-5, rtol=1e-5)
         # shard-wise counting and mask gathering, against the whole initial tables
@@ -212,15 +239,133 @@ def test_matches_reference_sharded_two_ranks() -> None:
         assert 0 < expected < total
         assert ranks[1][case]["masks"] is None
         for name, m in masks.items():
-            assert torch.equal(ranks[0][case]["masks"][name], m), (granularity, name)
+            assert torch.equal(ranks[0][case]["masks"][name], m), (granularity, layout, name)
 
 
-def test_feature_dimension_table_layout() -> None:
-    provider = make_provider("feature_dimension", "sum")
+@pytest.mark.parametrize("layout", list(SINGLE))
+def test_feature_dimension_table_layout(layout: str) -> None:
+    provider = make_provider("feature_dimension", "sum", layout=layout)
     assert isinstance(provider.thresholds, FeatureDimensionThreshold)
-    assert [t.embedding_dim for t in provider.tables] == [2 * K, 2 * K]
+    assert [t.embedding_dim for t in provider.tables] == [2 * K] * F
     assert provider.embedding_params() == sum(NUM.values()) * K
     assert provider.embedding_bytes() == 4 * sum(NUM.values()) * 2 * K
     assert provider.threshold_parameters() == [] and provider.arch_parameters() == []
     with pytest.raises(ValueError):
         provider.thresholds.split_piece(0, torch.zeros(3, 6), (1, 7))
+
+
+def test_mixed_layout_tables_and_keys() -> None:
+    """Single-valued features sit in the EBC, bags in the EC; tables keep their names and feature order."""
+    provider = make_provider("feature_dimension", "sum", layout="mixed")
+    assert provider.bag_features == ["b", "c"] and provider.seq_features == ["a"]
+    assert list(provider.ebc.embedding_bags) == ["t_b", "t_c"] and list(provider.ec.embeddings) == ["t_a"]
+    assert [t.name for t in provider.tables] == ["t_b", "t_a", "t_c"]
+    assert [provider.feature_of_table(t) for t in ("t_b", "t_a", "t_c")] == [0, 1, 2]
+    assert provider.table_key("t_b") == "ebc.embedding_bags.t_b.weight"
+    assert provider.table_key("t_a") == "ec.embeddings.t_a.weight"
+    assert {provider.table_key(t.name) for t in provider.tables} <= set(provider.state_dict())
+    assert provider.embedding_params() == sum(NUM.values()) * K
+    with pytest.raises(KeyError):
+        provider.table_key("t_x")
+    with pytest.raises(ValueError, match="unknown features"):
+        ThresholdEmbeddingProvider(NUM, K, make_thresholds("global", FEATURES, K, -3.0), single_valued=["x"])
+    per_id = make_provider("global", "sum")
+    assert per_id.ebc is None and per_id.table_key("t_b") == "ec.embeddings.t_b.weight"
+    pooled = ThresholdEmbeddingProvider({"b": 7}, K, make_thresholds("global", ["b"], K, -3.0), single_valued=["b"])
+    assert pooled.ec is None
+
+
+def test_input_key_order_does_not_matter() -> None:
+    provider = make_provider("feature", "sum", layout="mixed")
+    init_tables(provider, SEED, STD, fill=fill)
+    bags = make_bags(5, seed=4)
+    expected = provider(to_kjt(bags, 0, 5)).values()
+    for keys in (["a", "b", "c"], ["c", "a", "b"]):
+        torch.testing.assert_close(provider(to_kjt(bags, 0, 5, keys=keys)).values(), expected, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("bad", [[2, 3], []])
+def test_single_valued_feature_with_other_bag_lengths_raises(bad: List[int]) -> None:
+    """A bag of several ids (or none) on the pooled path is wrong input, never silently summed."""
+    provider = make_provider("dimension", "sum", layout="mixed")
+    bags = make_bags(4, seed=1)
+    bags["c"][2] = bad
+    with pytest.raises(ValueError, match=r"\['c'\] are declared single-valued"):
+        provider(to_kjt(bags, 0, 4))
+
+
+@pytest.mark.parametrize("layout", list(SINGLE))
+@pytest.mark.parametrize("granularity", GRANULARITIES)
+def test_fused_threshold_equals_composite(granularity: str, layout: str) -> None:
+    """The fused soft threshold (known gates) gives the autograd composite's outputs and gradients; any
+    other gate takes the composite."""
+    bags = make_bags(6, seed=8)
+    r = torch.randn(6, F * K, generator=torch.Generator().manual_seed(9))
+    grads = []
+    for gate in (torch.sigmoid, lambda x: torch.sigmoid(x)):
+        provider = make_provider(granularity, "mean", layout=layout, gate=gate)
+        assert provider._fused == (gate is torch.sigmoid)
+        init_tables(provider, SEED, STD, fill=fill)
+        set_dense_s(provider, granularity)
+        out = provider(to_kjt(bags, 0, 6)).values()
+        (out * r).sum().backward()
+        grads.append((out.detach(), [p.grad for p in provider.parameters()]))
+    (out_fused, g_fused), (out_plain, g_plain) = grads
+    torch.testing.assert_close(out_fused, out_plain, rtol=0, atol=0)
+    for a, b in zip(g_fused, g_plain):
+        torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-6)
+
+
+def test_fused_ops_against_composite_at_ties_and_zeros() -> None:
+    """Values at exactly +-t and 0 (sub-gradient 0), thresholds of any broadcast shape, both gates."""
+    v = torch.tensor([[0.5, -0.5, 0.2, -0.2, 0.0, 0.3, -0.7, 0.1]]).repeat(3, 1)
+    for t in (torch.tensor([0.2]), torch.full((8,), 0.2), torch.tensor([[0.2], [0.0], [0.4]])):
+        a, b = v.clone().requires_grad_(), v.clone().requires_grad_()
+        ta, tb = t.clone().requires_grad_(), t.clone().requires_grad_()
+        w = torch.randn(3, 8, generator=torch.Generator().manual_seed(0))
+        (fast_soft_threshold(a, ta) * w).sum().backward()
+        (soft_threshold(b, tb) * w).sum().backward()
+        torch.testing.assert_close(fast_soft_threshold(v, t), soft_threshold(v, t), rtol=0, atol=0)
+        torch.testing.assert_close(a.grad, b.grad, rtol=0, atol=0)
+        torch.testing.assert_close(ta.grad, tb.grad)
+    for gate in (torch.sigmoid, torch.exp):
+        rows = torch.randn(5, 2 * K, generator=torch.Generator().manual_seed(1)) - torch.tensor([0.0, 2.0] * K)
+        a, b = rows.clone().requires_grad_(), rows.clone().requires_grad_()
+        w = torch.randn(5, K, generator=torch.Generator().manual_seed(2))
+        (paired_soft_threshold(a, torch.tensor(0.5), gate) * w).sum().backward()
+        (soft_threshold(b[:, 0::2], gate(b[:, 1::2] + 0.5)) * w).sum().backward()
+        torch.testing.assert_close(a.grad, b.grad)
+    with pytest.raises(ValueError):
+        paired_soft_threshold(rows, torch.tensor(0.0), torch.tanh)
+
+
+@pytest.mark.parametrize("granularity", GRANULARITIES)
+def test_count_kept_whole_and_column_pieces(granularity: str) -> None:
+    """Counting whole tables at once equals counting column shards one by one and the masks' sum."""
+    provider = make_provider(granularity, "sum", layout="mixed")
+    init_tables(provider, SEED, STD, fill=fill)
+    set_dense_s(provider, granularity)
+    weights = {t.name: provider.get_parameter(provider.table_key(t.name)).detach() for t in provider.tables}
+    width = K * provider.thresholds.columns_per_value
+    whole = [(provider.feature_of_table(n), w, (0, width)) for n, w in weights.items()]
+    halves = [(f, w[:, c0:c1], (c0, c1)) for f, w, _ in whole for c0, c1 in ((0, width // 2), (width // 2, width))]
+    expected = sum(int(provider.keep_mask(f, w, cols)[0].sum()) for f, w, cols in whole)
+    assert 0 < expected < sum(NUM.values()) * K
+    for pieces in (whole, halves, whole[:1] + halves[2:]):
+        assert int(provider.count_kept(pieces)) == expected
+
+
+@pytest.mark.parametrize("granularity", GRANULARITIES)
+def test_effective_weights_are_single_id_outputs_mixed(granularity: str) -> None:
+    """On both paths, ``effective_weights`` (from whole tables by name) is what one id reads."""
+    from recdim.train.init import full_tables as whole_tables
+
+    provider = make_provider(granularity, "sum", layout="mixed")
+    init_tables(provider, SEED, STD, fill=fill)
+    set_dense_s(provider, granularity)
+    eff = provider.effective_weights(whole_tables(provider))
+    n = max(NUM.values())
+    bags = {f: [[i % NUM[f]] for i in range(n)] for f in FEATURES}
+    out = provider(to_kjt(bags, 0, n)).to_dict()
+    for f, rows in NUM.items():
+        torch.testing.assert_close(out[f][:rows], eff[f], rtol=0, atol=1e-6)

@@ -1,4 +1,7 @@
-"""PEP search: the -150 trap, the working default prunes, snapshots at the right crossing, stop, save."""
+"""PEP search: the -150 trap, the working default prunes, snapshots at the right crossing, stop, save.
+
+The sessions build the provider from a schema whose user and item fields are categorical, so both tables
+take the pooled (EmbeddingBagCollection) path under DMP and the fused optimizer."""
 
 from __future__ import annotations
 
@@ -16,11 +19,11 @@ from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 from recdim.config import Config, ModelConfig, TrainConfig
 from recdim.data.loader import EvalLoader, TrainLoader
 from recdim.data.prepared import SparseColumn, SplitArrays
-from recdim.data.schema import LabelKind
+from recdim.data.schema import FieldKind, FieldSpec, LabelKind, Schema
 from recdim.models.mf import MFArch
 from recdim.models.rec_model import RecModel
 from recdim.modules.threshold import DimensionThreshold, ThresholdEmbeddingProvider
-from recdim.search.pep import CoupledL2, LinearRamp, PEPMethod, pressures, table_pieces
+from recdim.search.pep import CoupledL2, LinearRamp, PEPMethod, pressures, single_valued_features, table_pieces
 from recdim.search.pep_config import PEPConfig
 from recdim.train.checkpoint import Checkpointer
 from recdim.train.distributed import build_optimizer, init_distributed, shard_model
@@ -43,21 +46,25 @@ def ratings(n: int, seed: int) -> SplitArrays:
     return SplitArrays(y, np.zeros((n, 0), np.float32), {"user": col(u), "item": col(i)})
 
 
-def session(pep: PEPConfig, train_cfg: TrainConfig, ckpt: Optional[Path] = None) -> Tuple[PEPMethod, Any, TrainLoader, EvalLoader]:
+def session(pep: PEPConfig, train_cfg: TrainConfig, ckpt: Optional[Path] = None,
+            item_kind: FieldKind = FieldKind.CATEGORICAL) -> Tuple[PEPMethod, Any, TrainLoader, EvalLoader]:
     """A one-process DMP session (fused table optimizer) with the PEP method's provider and hooks, and
     the checkpoint hook (installed last, as ``open_session`` does) when ``ckpt`` is given."""
     ctx = init_distributed("cpu")
     cfg = Config(model=ModelConfig(arch="mf", embedding_dim=K), train=train_cfg)
     method = PEPMethod(cfg, pep)
     torch.manual_seed(0)
-    provider = method.provider_factory(None, FEATURES)(cfg.model, {"user": USERS, "item": ITEMS}, False, torch.device("meta"))  # type: ignore[arg-type]
+    schema = Schema((FieldSpec("user", FieldKind.CATEGORICAL, USERS), FieldSpec("item", item_kind, ITEMS)), LabelKind.RATING)
+    dataset = SimpleNamespace(schema=schema)
+    factory = method.provider_factory(dataset, FEATURES)  # type: ignore[arg-type]
+    provider = factory(cfg.model, {"user": USERS, "item": ITEMS}, False, torch.device("meta"))
     model = RecModel(provider, MFArch(FEATURES, K, 0, init_bias=3.0))
     dmp = shard_model(model, train_cfg, ctx)
     init_tables(dmp, train_cfg.seed, train_cfg.init_std)
     train = TrainLoader(ratings(2000, 1), FEATURES, 64)
     val = EvalLoader(ratings(400, 2), FEATURES, 400)
     trainer = Trainer(dmp, build_optimizer(dmp, train_cfg, ctx), LabelKind.RATING, train_cfg, ctx)
-    sess = SimpleNamespace(cfg=cfg, ctx=ctx, model=model, dmp=dmp, trainer=trainer, train_loader=train)
+    sess = SimpleNamespace(cfg=cfg, ctx=ctx, model=model, dmp=dmp, trainer=trainer, train_loader=train, val_loader=val)
     trainer.hooks = method.hooks(sess)
     if ckpt is not None:
         trainer.hooks.append(CheckpointHook(Checkpointer(ckpt), every=train_cfg.checkpoint_every))
@@ -112,9 +119,11 @@ def test_default_config_prunes_within_a_few_hundred_steps(tmp_path: Path) -> Non
     method, sess, train, val = session(pep, train_cfg)
     provider = sess.model.provider
     assert sess.trainer.cfg.patience == 0  # early stopping is off for the search
+    assert provider.ec is None and list(provider.ebc.embedding_bags) == ["t_user", "t_item"]  # the pooled path
     for _, name, local, (r0, r1), _ in table_pieces(provider):  # thresholds written after init_tables
         assert torch.equal(local[:, 1::2], torch.full((r1 - r0, K), pep.threshold_init))
-        key = f"provider.ec.embeddings.{name}.weight"
+        key = f"provider.{provider.table_key(name)}"
+        assert key == f"provider.ebc.embedding_bags.{name}.weight"
         torch.testing.assert_close(local[:, 0::2], table_rows(0, key, (r0, r1), (0, 2 * K), 2 * K, train_cfg.init_std)[:, 0::2])
 
     sess.trainer.fit(train, val)
@@ -224,3 +233,47 @@ def test_linear_ramp_offsets() -> None:
     (p,) = pressures(PEPConfig(threshold_init=-10.0, ramp_to=-2.0), planned_steps=400)
     assert isinstance(p, LinearRamp) and p.rate == pytest.approx(0.02)
     assert pressures(PEPConfig(ramp_steps=100), planned_steps=400)[0].rate == pytest.approx(0.08)
+
+
+def test_single_valued_features_from_schema() -> None:
+    """Categorical and weighted fields hold one id per row (pooled path); multi-categorical ones are bags."""
+    schema = Schema(
+        (FieldSpec("user", FieldKind.CATEGORICAL, 5), FieldSpec("genres", FieldKind.MULTI_CATEGORICAL, 4),
+         FieldSpec("price", FieldKind.WEIGHTED, 1), FieldSpec("age", FieldKind.DENSE)),
+        LabelKind.BINARY,
+    )
+    dataset = SimpleNamespace(schema=schema)
+    assert single_valued_features(dataset, ["user", "genres", "price"]) == ["user", "price"]  # type: ignore[arg-type]
+    assert single_valued_features(None, ["user", "genres"]) == []
+    model = ModelConfig(arch="mf", embedding_dim=K)
+    method = PEPMethod(Config(model=model), PEPConfig(granularity="dimension"))
+    factory = method.provider_factory(dataset, ["user", "genres", "price"])  # type: ignore[arg-type]
+    provider = factory(model, {"user": 5, "genres": 4, "price": 1}, True, torch.device("cpu"))
+    assert provider.bag_features == ["user", "price"] and provider.seq_features == ["genres"]
+    assert provider.is_weighted and not provider.ebc.is_weighted()  # weights multiply after the threshold
+
+
+@pytest.mark.parametrize("item_kind", [FieldKind.CATEGORICAL, FieldKind.MULTI_CATEGORICAL])
+@pytest.mark.parametrize("granularity", ["dimension", "feature_dimension"])
+def test_lottery_rewind_regenerates_the_initial_values(granularity: str, item_kind: FieldKind) -> None:
+    """``_pep_rewind`` rebuilds V as initialised from the seed and each table's key, on either path."""
+    from recdim.prune.derive import _pep_rewind
+
+    pep = PEPConfig(granularity=granularity, budgets=(0.5,))
+    train_cfg = TrainConfig(epochs=1, batch_size=64, lr=1e-2, device="cpu", progress=False, init_std=0.07, seed=4)
+    _, sess, _, _ = session(pep, train_cfg, item_kind=item_kind)
+    provider = sess.model.provider
+    assert ("item" in provider.seq_features) == (item_kind == FieldKind.MULTI_CATEGORICAL)
+    cols = slice(0, None, 2) if granularity == "feature_dimension" else slice(None)
+
+    def values() -> Dict[str, torch.Tensor]:
+        return {name: local[:, cols].clone() for _, name, local, _, _ in table_pieces(provider)}
+
+    initial = values()
+    for f, v in _pep_rewind(sess.cfg, provider, FEATURES).items():
+        assert torch.equal(v, initial[f"t_{f}"])
+    # a trained model rewinds to the same values
+    sess.trainer.fit(sess.train_loader, sess.val_loader)
+    assert not torch.equal(values()["t_user"], initial["t_user"])
+    for f, v in _pep_rewind(sess.cfg, provider, FEATURES).items():
+        assert torch.equal(v, initial[f"t_{f}"])
