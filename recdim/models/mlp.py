@@ -90,6 +90,40 @@ def concat_inputs(dense: torch.Tensor, embeddings: torch.Tensor) -> torch.Tensor
     return torch.cat([flat, dense.to(flat.dtype)], dim=1)
 
 
+class DeepTower(nn.Module):
+    """The deep part of DeepFM, Wide&Deep and the MLP arch: an MLP over the concatenated embeddings and
+    dense features, ending in one score whose bias starts at zero.
+
+    Args:
+        num_fields: F.
+        embedding_dim: K.
+        num_dense: D (0 when there are no dense features).
+        hidden: hidden widths (``ModelConfig.mlp``), followed by a Linear to 1.
+        dropout: dropout after each hidden layer.
+
+    Call:
+        dense (Tensor): [B, D].
+        embeddings (Tensor): [B, F, K].
+
+    Returns:
+        Tensor: [B].
+
+    Example::
+
+        tower = DeepTower(3, 16, 13, hidden=(64, 32))
+        y = tower(torch.randn(8, 13), torch.randn(8, 3, 16))  # [8]
+    """
+
+    def __init__(self, num_fields: int, embedding_dim: int, num_dense: int, hidden: Sequence[int], dropout: float = 0.0) -> None:
+        super().__init__()
+        self.mlp = MLP(num_fields * embedding_dim + num_dense, hidden, out_features=1, dropout=dropout)
+        assert self.mlp.final is not None
+        nn.init.zeros_(self.mlp.final.bias)
+
+    def forward(self, dense: torch.Tensor, embeddings: torch.Tensor) -> torch.Tensor:
+        return self.mlp(concat_inputs(dense, embeddings)).squeeze(-1)
+
+
 class MLPArch(InteractionArch):
     """A plain deep model: concatenated embeddings and dense features through an MLP to one score.
 
@@ -124,12 +158,8 @@ class MLPArch(InteractionArch):
         init_bias: float = 0.0,
     ) -> None:
         super().__init__(feature_names, embedding_dim, num_dense)
-        in_features = len(self.feature_names) * self.embedding_dim + self.num_dense
-        self.mlp = MLP(in_features, hidden, out_features=1, dropout=dropout)
-        assert self.mlp.final is not None
-        with torch.no_grad():
-            self.mlp.final.bias.fill_(float(init_bias))
+        self.deep = DeepTower(len(self.feature_names), self.embedding_dim, self.num_dense, hidden, dropout)
+        self.bias = nn.Parameter(torch.tensor(float(init_bias)))
 
     def forward(self, dense: torch.Tensor, embeddings: KeyedTensor) -> torch.Tensor:
-        x = concat_inputs(dense, stack_embeddings(embeddings, self.feature_names))
-        return self.mlp(x).squeeze(-1)
+        return self.bias + self.deep(dense, stack_embeddings(embeddings, self.feature_names))

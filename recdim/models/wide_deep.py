@@ -10,7 +10,7 @@ from torchrec.sparse.jagged_tensor import KeyedTensor
 
 from recdim.models.base import InteractionArch
 from recdim.models.fm import FirstOrder
-from recdim.models.mlp import MLP, concat_inputs
+from recdim.models.mlp import DeepTower
 from recdim.modules.provider import stack_embeddings
 
 
@@ -56,12 +56,9 @@ class WideDeepArch(InteractionArch):
         super().__init__(feature_names, embedding_dim, num_dense)
         num_fields = len(self.feature_names)
         self.wide = FirstOrder(num_fields, self.embedding_dim, self.num_dense)
-        self.deep = MLP(num_fields * self.embedding_dim + self.num_dense, hidden, 1, dropout)
-        assert self.deep.final is not None
-        nn.init.zeros_(self.deep.final.bias)
+        self.deep = DeepTower(num_fields, self.embedding_dim, self.num_dense, hidden, dropout)
         self.bias = nn.Parameter(torch.tensor(float(init_bias)))
 
     def forward(self, dense: torch.Tensor, embeddings: KeyedTensor) -> torch.Tensor:
         e = stack_embeddings(embeddings, self.feature_names)  # [B, F, K]
-        deep_in = concat_inputs(dense, e)  # [B, F * K + D]
-        return self.bias + self.wide(dense, e) + self.deep(deep_in).squeeze(-1)
+        return self.bias + self.wide(dense, e) + self.deep(dense, e)
