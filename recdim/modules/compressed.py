@@ -230,10 +230,7 @@ class TieredEmbeddingProvider(EmbeddingProvider):
 
     def forward(self, features: KeyedJaggedTensor) -> KeyedTensor:
         names = self._feature_names
-        if features.keys() != names:
-            if sorted(features.keys()) != sorted(names):
-                raise ValueError(f"expected features {names}, got {features.keys()}")
-            features = features.permute([features.keys().index(f) for f in names])
+        features = self.ordered_features(features)
         B, F, K = features.stride(), len(names), self._embedding_dim
         ids = features.values().to(torch.int64)
         lengths = features.lengths()

@@ -236,10 +236,7 @@ class MixedDimensionProvider(EmbeddingProvider):
 
     def forward(self, features: KeyedJaggedTensor) -> KeyedTensor:
         names = self._feature_names
-        if features.keys() != names:
-            if sorted(features.keys()) != sorted(names):
-                raise ValueError(f"expected features {names}, got {features.keys()}")
-            features = features.permute([features.keys().index(f) for f in names])
+        features = self.ordered_features(features)
         if self.is_weighted and features.weights_or_none() is None:
             raise ValueError("this provider is weighted: the KJT needs per-value weights")
         B, F, K = features.stride(), len(names), self._embedding_dim

@@ -68,6 +68,17 @@ class EmbeddingProvider(nn.Module, abc.ABC):
         finally:
             self._tables_frozen = prev
 
+    def ordered_features(self, features: KeyedJaggedTensor, order: Sequence[str] = ()) -> KeyedJaggedTensor:
+        """``features`` with its keys in ``order`` (default: :attr:`feature_names`), permuted only when
+        needed; a different key set is an error naming both."""
+        order = list(order) or self._feature_names
+        keys = features.keys()
+        if keys == order:
+            return features
+        if sorted(keys) != sorted(order):
+            raise ValueError(f"expected features {order}, got {keys}")
+        return features.permute([keys.index(f) for f in order])
+
     def table_output(self, values: torch.Tensor) -> torch.Tensor:
         """``values`` detached while tables are frozen, else unchanged."""
         return values.detach() if self._tables_frozen else values

@@ -213,10 +213,7 @@ class SoftSelectionProvider(EmbeddingProvider):
 
     def forward(self, features: KeyedJaggedTensor) -> KeyedTensor:
         names = self._feature_names
-        if features.keys() != names:
-            if sorted(features.keys()) != sorted(names):
-                raise ValueError(f"expected features {names}, got {features.keys()}")
-            features = features.permute([features.keys().index(f) for f in names])
+        features = self.ordered_features(features)
         B, F, K, L = features.stride(), len(names), self._embedding_dim, self.plan.num_blocks
         seg, vb = self._virtual_blocks(features)
         lengths = features.lengths().view(F, B)

@@ -245,11 +245,7 @@ class ThresholdEmbeddingProvider(EmbeddingProvider):
         raise KeyError(f"no table {name!r}")
 
     def forward(self, features: KeyedJaggedTensor) -> KeyedTensor:
-        keys = features.keys()
-        if keys != self._input_order:
-            if sorted(keys) != sorted(self._input_order):
-                raise ValueError(f"expected features {self.feature_names}, got {keys}")
-            features = features.permute([keys.index(f) for f in self._input_order])
+        features = self.ordered_features(features, self._input_order)
         if self.ebc is not None and self.ec is not None:
             bags, seqs = features.split([len(self.bag_features), len(self.seq_features)])
             parts = [self._pooled_path(bags), self._per_id_path(seqs)]
