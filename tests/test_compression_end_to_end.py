@@ -9,6 +9,7 @@ import torch
 from recdim.config import load
 from recdim.data.preprocess import prepare
 from recdim.export.serving import load_serving_model
+from recdim.prune.export_run import export_retrained
 from recdim.prune.retrain import run_retrain, tiered_session
 from recdim.prune.run import run_prune
 from recdim.search.run import run_search
@@ -62,3 +63,9 @@ def test_exported_model_predicts_what_the_retrained_model_predicts(tmp_path, dat
     manifest = json.loads((tmp_path / "retrain" / "export" / "manifest.json").read_text())
     assert results["bytes"] == results["plan_bytes"]["total"]
     assert manifest is not None
+    # `recdim export` of the retrain run rebuilds the same artifact, byte for byte.
+    export_retrained(tmp_path / "retrain", tmp_path / "exported")
+    first, second = tmp_path / "retrain" / "export", tmp_path / "exported"
+    files = sorted(p.relative_to(first) for p in first.rglob("*") if p.is_file())
+    assert files == sorted(p.relative_to(second) for p in second.rglob("*") if p.is_file())
+    assert all((first / f).read_bytes() == (second / f).read_bytes() for f in files)
