@@ -3,11 +3,13 @@
 import json
 from pathlib import Path
 
+import pandas as pd
 import pytest
 import torch
 
 from recdim.config import load
 from recdim.data.preprocess import prepare
+from recdim.export.predict import predict_file
 from recdim.export.serving import load_serving_model
 from recdim.prune.export_run import export_retrained
 from recdim.prune.retrain import run_retrain, tiered_session
@@ -69,3 +71,10 @@ def test_exported_model_predicts_what_the_retrained_model_predicts(tmp_path, dat
     files = sorted(p.relative_to(first) for p in first.rglob("*") if p.is_file())
     assert files == sorted(p.relative_to(second) for p in second.rglob("*") if p.is_file())
     assert all((first / f).read_bytes() == (second / f).read_bytes() for f in files)
+    # `recdim predict` on the test shard gives the serving model's probabilities, row for row.
+    shards = sorted((data / "test").glob("*.parquet"))
+    assert len(shards) == 1  # 12,000 rows: one shard, in the eval loader's row order
+    n = predict_file(first, shards[0], tmp_path / "preds.csv")
+    preds = torch.tensor(pd.read_csv(tmp_path / "preds.csv")["prediction"].to_numpy())
+    assert n == served.numel()
+    assert (preds - torch.sigmoid(served)).abs().max().item() <= 1e-6
