@@ -42,7 +42,7 @@ from recdim.config import TrainConfig
 from recdim.modules.compressed import TieredEmbeddingProvider
 from recdim.modules.provider import EmbeddingProvider
 from recdim.modules.uniform import UniformEmbeddingProvider, table_name
-from recdim.prune.plan import TablePlan
+from recdim.layout.tier_plan import TablePlan
 from recdim.prune.planner import PlannerConfig, plan_table
 from recdim.train.distributed import init_distributed, shard_model
 

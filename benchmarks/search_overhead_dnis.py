@@ -33,7 +33,7 @@ import torch
 def _provider(kind: str, num: Dict[str, int], args: argparse.Namespace) -> torch.nn.Module:
     from recdim.modules.soft_selection import BlockSplitPooling, SequenceScaling, SoftSelectionProvider
     from recdim.modules.uniform import UniformEmbeddingProvider
-    from recdim.search.blocking import per_table_blocks
+    from recdim.layout.blocks import per_table_blocks
 
     meta = torch.device("meta")
     if kind == "uniform":
@@ -47,7 +47,7 @@ def _provider(kind: str, num: Dict[str, int], args: argparse.Namespace) -> torch
 def _global_plan(num: Dict[str, int], L: int):
     import numpy as np
 
-    from recdim.search.blocking import global_blocks
+    from recdim.layout.blocks import global_blocks
 
     rng = np.random.default_rng(0)
     return global_blocks({f: np.sort(rng.zipf(1.2, n))[::-1].copy() for f, n in num.items()}, L)

@@ -178,7 +178,7 @@ def _baseline_assignment(cfg: Config, method: str, cr: float) -> Any:
 def _write_assignment(cfg: Config, assignment: Any, out: Path) -> Path:
     """A pruned-model directory holding a baseline's prefix dimensions (fresh initialisation)."""
     from recdim.prune.derive import PrunedModel
-    from recdim.prune.masks import mask_stats
+    from recdim.layout.masks import mask_stats
     from recdim.prune.planner import PlannerConfig
     from recdim.prune.store import write_pruned
 

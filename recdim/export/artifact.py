@@ -32,7 +32,7 @@ from recdim.config import ModelConfig
 from recdim.config_io import from_dict, to_dict
 from recdim.data.schema import FieldKind, Schema
 from recdim.fsio import fsync_dir, write_atomic
-from recdim.prune.plan import TablePlan, TierPlan, remap_from_tensors
+from recdim.layout.tier_plan import TablePlan, TierPlan, remap_from_tensors
 
 FORMAT = "recdim-mixed-dim"
 FORMAT_VERSION = 1

@@ -19,8 +19,8 @@ from recdim.data.schema import LabelKind, Schema
 from recdim.export.artifact import Artifact, read_artifact, write_artifact
 from recdim.models.rec_model import RecModel
 from recdim.modules.compressed import TieredEmbeddingProvider
-from recdim.prune.plan import TablePlan
-from recdim.prune.tier_values import tier_values
+from recdim.layout.tier_plan import TablePlan
+from recdim.layout.tier_values import tier_values
 
 
 def export_model(

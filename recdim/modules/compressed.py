@@ -28,8 +28,8 @@ from torchrec.sparse.jagged_tensor import KeyedJaggedTensor, KeyedTensor
 from recdim.config import ModelConfig
 from recdim.modules.provider import EmbeddingProvider
 from recdim.modules.remap import remap_lookup
-from recdim.prune.plan import TablePlan, TierPlan, smallest_int_dtype
-from recdim.prune.tier_values import masked_table, tier_values
+from recdim.layout.tier_plan import TablePlan, TierPlan, smallest_int_dtype
+from recdim.layout.tier_values import masked_table, tier_values
 
 # Routes of a tier.
 POOLED, PER_ID = 0, 1
@@ -41,7 +41,7 @@ def _route(tier: TierPlan, multi_valued: bool) -> int:
 
 
 class TieredEmbeddingProvider(EmbeddingProvider):
-    """Every feature's pruned table stored as the tiers of its :class:`~recdim.prune.plan.TablePlan`.
+    """Every feature's pruned table stored as the tiers of its :class:`~recdim.layout.tier_plan.TablePlan`.
 
     ``provider(kjt)`` equals pooled lookups in the masked K-wide tables ``W ⊙ mask`` for any bags. The
     tier tables are ordinary TorchRec tables (``<table>__tier<j>``) in ``self.ebc`` and ``self.ecs``, so

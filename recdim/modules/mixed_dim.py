@@ -33,7 +33,7 @@ from torchrec.modules.embedding_modules import EmbeddingBagCollection
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor, KeyedTensor
 
 from recdim.config import ModelConfig
-from recdim.modules.mixed_dim_blocks import (  # noqa: F401  (re-exported)
+from recdim.layout.mixed_dim_blocks import (  # noqa: F401  (re-exported)
     DimBlock,
     block_key,
     blocks_from_assignment,

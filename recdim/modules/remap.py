@@ -7,7 +7,7 @@ from typing import Optional
 import torch
 from torch import nn
 
-from recdim.prune.plan import PAD, DenseRemap, IdRemap, RunRemap
+from recdim.layout.tier_plan import PAD, DenseRemap, IdRemap, RunRemap
 
 
 class DenseRemapLookup(nn.Module):

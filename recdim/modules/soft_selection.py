@@ -27,7 +27,7 @@ from recdim.modules.selection_paths import (  # noqa: F401  (re-exported)
     SequenceScaling,
 )
 from recdim.modules.uniform import table_name
-from recdim.search.blocking import BlockPlan
+from recdim.layout.blocks import BlockPlan
 
 
 @dataclass
@@ -47,7 +47,7 @@ class SoftSelectionProvider(EmbeddingProvider):
 
     Feature f's table is ``t_<f>`` (as in the uniform provider), in ``self.ebc`` (EmbeddingBagCollection)
     or, for features on a non-pooled path, in ``self.ec`` (EmbeddingCollection). R = L for global blocking,
-    F * L per table (see :class:`~recdim.search.blocking.BlockPlan`). Alpha starts at ones, is returned by
+    F * L per table (see :class:`~recdim.layout.blocks.BlockPlan`). Alpha starts at ones, is returned by
     :meth:`arch_parameters` and is trained by the search driver only. Features missing from ``paths`` take
     :class:`~recdim.modules.selection_paths.PerIdScaling`, so they must never carry more than one id per
     bag (checked). ``mean`` pooling divides the scaled sum by the whole bag's length (an empty bag gives

@@ -16,8 +16,8 @@ import torch.distributed as dist
 from torch import nn
 from torch.distributed._shard.sharded_tensor import ShardedTensor
 
-from recdim.prune.plan import TablePlan, TierPlan
-from recdim.prune.tier_values import tier_values
+from recdim.layout.tier_plan import TablePlan, TierPlan
+from recdim.layout.tier_values import tier_values
 from recdim.train.init import ROWS_PER_BLOCK, local_pieces, table_rows, table_state
 
 _TABLE_OF_KEY = re.compile(r"(?:^|\.)(?:embedding_bags|embeddings)\.([^.]+)\.weight$")

@@ -14,7 +14,7 @@ from recdim.config import Config
 from recdim.config_io import from_dict
 from recdim.data.prepared import PreparedDataset
 from recdim.modules.uniform import table_name
-from recdim.prune.masks import magnitude_masks, mask_stats, prefix_masks
+from recdim.layout.masks import magnitude_masks, mask_stats, prefix_masks
 from recdim.search.run import method_class
 from recdim.train.init import full_tables, table_rows
 from recdim.train.model_io import load_model

@@ -35,7 +35,7 @@ from typing import Callable, Dict, List, Mapping, Optional, Tuple
 import numpy as np
 import torch
 
-from recdim.prune.plan import (
+from recdim.layout.tier_plan import (
     PAD,
     DenseRemap,
     IdRemap,

@@ -12,7 +12,7 @@ from recdim.data.schema import FieldKind, Schema
 from recdim.export.artifact import write_artifact
 from recdim.modules.compressed import tiered_provider_factory
 from recdim.modules.tier_tables import gather_tier_values, masked_init, write_tier_tables
-from recdim.prune.plan import TablePlan
+from recdim.layout.tier_plan import TablePlan
 from recdim.prune.planner import plan_tables
 from recdim.prune.store import plan_bytes, planner_from_json, read_pruned
 from recdim.train.init import init_tables

@@ -16,7 +16,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from recdim.config import Config
 from recdim.modules.mixed_dim import DimBlock, MixedDimensionProvider, blocks_from_assignment, mixed_dim_provider_factory
-from recdim.search.baselines.dims import DimAssignment
+from recdim.layout.dims import DimAssignment
 from recdim.train.model_io import save_model
 from recdim.train.results import write_json
 from recdim.train.run import Session, open_session, train_and_evaluate

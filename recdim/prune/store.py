@@ -21,15 +21,15 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from recdim.prune.derive import PrunedModel
-from recdim.prune.masks import mask_stats
-from recdim.prune.plan import PlanBytes, TablePlan
+from recdim.layout.masks import mask_stats
+from recdim.layout.tier_plan import PlanBytes, TablePlan
 from recdim.prune.planner import PlannerConfig, plan_tables
 
 BYTE_KINDS = ("values", "column_maps", "remap", "uniform", "csr", "coo", "floor", "nnz")
 
 
 def plan_bytes(plans: List[TablePlan]) -> Dict[str, Any]:
-    """Bytes of all tables by kind, summed (see :class:`~recdim.prune.plan.PlanBytes`), plus per table."""
+    """Bytes of all tables by kind, summed (see :class:`~recdim.layout.tier_plan.PlanBytes`), plus per table."""
     per_table = {p.name: p.bytes().to_dict() for p in plans}
     total = {k: sum(t[k] for t in per_table.values()) for k in BYTE_KINDS}
     total["total"] = total["values"] + total["column_maps"] + total["remap"]

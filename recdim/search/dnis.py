@@ -48,7 +48,7 @@ from recdim.data.prepared import PreparedDataset
 from recdim.data.schema import FieldKind
 from recdim.modules.soft_selection import BlockSplitPooling, SequenceScaling, SoftSelectionProvider
 from recdim.search.bilevel import BilevelConfig, BilevelHook
-from recdim.search.blocking import BlockPlan, make_block_plan
+from recdim.layout.blocks import BlockPlan, make_block_plan
 from recdim.search.dnis_config import DNISConfig
 from recdim.search.method import SearchMethod
 from recdim.train.build import ProviderFactory

@@ -10,9 +10,9 @@ from recdim.config import ModelConfig, TrainConfig
 from recdim.modules.compressed import TieredEmbeddingProvider, tiered_provider_factory
 from recdim.modules.tier_tables import gather_tier_values, masked_init, write_tier_tables
 from recdim.modules.uniform import UniformEmbeddingProvider
-from recdim.prune.plan import DenseRemap, RunRemap
+from recdim.layout.tier_plan import DenseRemap, RunRemap
 from recdim.prune.planner import PlannerConfig, plan_tables
-from recdim.prune.tier_values import tier_values
+from recdim.layout.tier_values import tier_values
 from recdim.train.distributed import build_optimizer, init_distributed, shard_model
 from recdim.train.init import init_tables, local_pieces, table_state
 from tests.dist_utils import run_ranks

@@ -14,9 +14,9 @@ from torchrec import KeyedJaggedTensor, KeyedTensor
 from recdim.config import ModelConfig, TrainConfig
 from recdim.modules.mixed_dim import DimBlock, MixedDimensionProvider, blocks_from_assignment, mixed_dim_provider_factory
 from recdim.modules.uniform import table_name
-from recdim.search.baselines.dims import DimAssignment, Projection, budget_for_cr
+from recdim.layout.dims import DimAssignment, Projection, budget_for_cr
 from recdim.search.baselines.mde import mde_dims
-from recdim.search.blocking import per_table_blocks
+from recdim.layout.blocks import per_table_blocks
 from recdim.train.distributed import build_optimizer, init_distributed, shard_model
 from recdim.train.init import init_tables, local_pieces, table_rows, table_state
 from tests.dist_utils import run_ranks

@@ -8,9 +8,9 @@ from torchrec.distributed.embeddingbag import EmbeddingBagCollectionSharder
 from torchrec.distributed.planner import EmbeddingShardingPlanner, Topology
 from torchrec.modules.embedding_modules import EmbeddingBagCollection
 
-from recdim.prune.plan import DenseRemap, RunRemap, TablePlan
+from recdim.layout.tier_plan import DenseRemap, RunRemap, TablePlan
 from recdim.prune.planner import PlannerConfig, choose_remap, plan_table, plan_tables
-from recdim.prune.tier_values import masked_table, tier_values
+from recdim.layout.tier_values import masked_table, tier_values
 
 
 def mixed_mask(N: int, K: int, seed: int, density: float = 0.4, num_sets: int = 3) -> torch.Tensor:

@@ -20,7 +20,7 @@ from recdim.search.baselines import (
     uniform_dim_for_cr,
     uniform_dims,
 )
-from recdim.search.blocking import make_block_plan
+from recdim.layout.blocks import make_block_plan
 
 K = 16
 

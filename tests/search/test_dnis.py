@@ -13,7 +13,7 @@ from torchrec import KeyedJaggedTensor
 from torchrec.datasets.utils import Batch
 
 from recdim.modules.soft_selection import SoftSelectionProvider
-from recdim.search.blocking import BlockPlan, per_table_blocks
+from recdim.layout.blocks import BlockPlan, per_table_blocks
 from recdim.search.dnis import (
     DNISGradTransform,
     DNISHook,

@@ -14,11 +14,11 @@ from typing import Any
 from recdim.search.baselines.config import BaselineConfig
 
 _EXPORTS = {
-    "DimAssignment": "dims",
-    "Projection": "dims",
-    "Segment": "dims",
-    "budget_for_cr": "dims",
-    "row_dims_to_masks": "dims",
+    "DimAssignment": "recdim.layout.dims",
+    "Projection": "recdim.layout.dims",
+    "Segment": "recdim.layout.dims",
+    "budget_for_cr": "recdim.layout.dims",
+    "row_dims_to_masks": "recdim.layout.dims",
     "grid_dims": "grid",
     "mde_dims": "mde",
     "BASELINES": "methods",
@@ -40,5 +40,6 @@ __all__ = ["BaselineConfig", *_EXPORTS]
 
 def __getattr__(name: str) -> Any:
     if name in _EXPORTS:
-        return getattr(import_module(f"recdim.search.baselines.{_EXPORTS[name]}"), name)
+        module = _EXPORTS[name]
+        return getattr(import_module(module if "." in module else f"recdim.search.baselines.{module}"), name)
     raise AttributeError(f"module 'recdim.search.baselines' has no attribute {name!r}")

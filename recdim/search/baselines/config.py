@@ -27,7 +27,7 @@ class BaselineConfig:
         mde_min_dim: smallest MDE dimension (MDE never drops a block; 4 is the narrowest TBE width).
         num_blocks: L, frequency blocks per feature (random search and MDE; as DNIS's ``num_blocks``).
             MDE per table, as the DLRM code does it, is ``num_blocks = 1, blocking = "per_table"``.
-        blocking: ``global`` or ``per_table`` (see :mod:`recdim.search.blocking`). Random search draws one
+        blocking: ``global`` or ``per_table`` (see :mod:`recdim.layout.blocks`). Random search draws one
             dimension per alpha row: L shared by all features (global) or L per feature (per table).
 
     Example::

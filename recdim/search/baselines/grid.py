@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import List, Mapping, Optional, Sequence
 
-from recdim.search.baselines.dims import ALIGN, budget_for_cr
+from recdim.layout.dims import ALIGN, budget_for_cr
 
 
 def grid_dims(

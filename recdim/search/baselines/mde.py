@@ -1,7 +1,7 @@
 """MDE: mixed dimension embeddings with the power rule (Ginart et al., "Mixed Dimension Embeddings with
 Application to Memory-Efficient Recommendation Systems", 2019/2021).
 
-The embedding layer is cut into blocks (here: the frequency blocks of :mod:`recdim.search.blocking`; per
+The embedding layer is cut into blocks (here: the frequency blocks of :mod:`recdim.layout.blocks`; per
 table with ``num_blocks = 1, blocking = "per_table"``). Block b of ``n_b`` rows gets dimension d_b and, when
 ``0 < d_b < K``, a learnable projection ``[d_b, K]`` to the common width K (a block at K is read as is).
 Dimensions follow the paper's power rule ``d_b = lambda * p_b ** alpha``: p_b is the probability that a
@@ -33,10 +33,10 @@ from typing import Mapping
 
 import numpy as np
 
-from recdim.search.baselines.dims import DimAssignment, projections_for, segment_dims_to_rows, segment_sizes
+from recdim.layout.dims import DimAssignment, projections_for, segment_dims_to_rows, segment_sizes
 from recdim.search.baselines.scaling import NearestMultiple, NearestPowerOfTwo, Rounding, fit_scale
 from recdim.search.baselines.segments import block_segments, segment_popularity
-from recdim.search.blocking import BlockPlan
+from recdim.layout.blocks import BlockPlan
 
 
 def mde_dims(

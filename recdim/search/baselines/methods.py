@@ -12,12 +12,12 @@ from typing import List, Mapping, Optional, Tuple
 import numpy as np
 
 from recdim.search.baselines.config import BaselineConfig
-from recdim.search.baselines.dims import DimAssignment, budget_for_cr
+from recdim.layout.dims import DimAssignment, budget_for_cr
 from recdim.search.baselines.grid import grid_dims, grid_methods
 from recdim.search.baselines.mde import mde_dims, mde_rounding
 from recdim.search.baselines.random_mixed import random_mixed_dims
 from recdim.search.baselines.uniform import uniform_dims, uniform_for_cr
-from recdim.search.blocking import make_block_plan
+from recdim.layout.blocks import make_block_plan
 
 BASELINES = ("ue", "grid", "random", "mde")
 SELECTED = ("grid", "random")

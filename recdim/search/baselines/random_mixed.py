@@ -14,10 +14,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from recdim.search.baselines.dims import DimAssignment, segment_dims_to_rows
+from recdim.layout.dims import DimAssignment, segment_dims_to_rows
 from recdim.search.baselines.scaling import NearestMultiple, fit_scale
 from recdim.search.baselines.segments import block_segments
-from recdim.search.blocking import BlockPlan
+from recdim.layout.blocks import BlockPlan
 
 
 def random_shape(plan: BlockPlan, embedding_dim: int, rng: np.random.Generator) -> np.ndarray:

@@ -6,8 +6,8 @@ from typing import List, Mapping, Tuple
 
 import numpy as np
 
-from recdim.search.baselines.dims import Segment
-from recdim.search.blocking import BlockPlan
+from recdim.layout.dims import Segment
+from recdim.layout.blocks import BlockPlan
 
 
 def block_segments(plan: BlockPlan) -> Tuple[List[Segment], np.ndarray]:
@@ -38,7 +38,7 @@ def segment_popularity(segments: List[Segment], counts: Mapping[str, np.ndarray]
     """p per segment: the mean train count of its ids over all train occurrences of all features.
 
     The p of MDE's power rule is the probability that a query hits a given row of the block. Counts are
-    read in id order capped at their running minimum, as :func:`recdim.search.blocking.global_blocks`
+    read in id order capped at their running minimum, as :func:`recdim.layout.blocks.global_blocks`
     does: the OOV id (last) collects every rare value and would otherwise lend its count to the rare ids
     of its block.
 

@@ -6,7 +6,7 @@ from typing import Mapping
 
 import torch
 
-from recdim.search.baselines.dims import ALIGN, DimAssignment, budget_for_cr
+from recdim.layout.dims import ALIGN, DimAssignment, budget_for_cr
 from recdim.search.baselines.scaling import largest_uniform_dim
 
 

@@ -2,7 +2,7 @@
 
 A :class:`DimBlock` is one table of :class:`~recdim.modules.mixed_dim.MixedDimensionProvider`;
 :func:`blocks_from_assignment` reads the blocks off a baseline's
-:class:`~recdim.search.baselines.dims.DimAssignment` (per-row dimensions plus MDE projections).
+:class:`~recdim.layout.dims.DimAssignment` (per-row dimensions plus MDE projections).
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any, Dict, List, Mapping, Sequence
 import torch
 
 if TYPE_CHECKING:
-    from recdim.search.baselines.dims import DimAssignment
+    from recdim.layout.dims import DimAssignment
 
 ALIGN = 4  # FBGEMM's training TBE wants widths that are multiples of 4
 BLOCK_SEP = "__b"
@@ -78,7 +78,7 @@ def check_blocks(blocks: Sequence[DimBlock], num_embeddings: Mapping[str, int], 
 
 
 def blocks_from_assignment(assignment: "DimAssignment") -> List[DimBlock]:
-    """The blocks a :class:`~recdim.search.baselines.dims.DimAssignment` stands for.
+    """The blocks a :class:`~recdim.layout.dims.DimAssignment` stands for.
 
     Every projection ``(feature, start, stop, dim)`` is one projected block; its rows must all have
     dimension ``dim`` (per-row dimensions inside an MDE block are constant by construction). Rows

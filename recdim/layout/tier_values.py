@@ -6,7 +6,7 @@ from typing import List, Sequence
 
 import torch
 
-from recdim.prune.plan import TablePlan
+from recdim.layout.tier_plan import TablePlan
 
 
 def tier_values(plan: TablePlan, weight: torch.Tensor) -> List[torch.Tensor]:

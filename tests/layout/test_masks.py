@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from recdim.prune.masks import kept_for_cr, magnitude_masks, mask_stats, nonzero_masks, prefix_masks
+from recdim.layout.masks import kept_for_cr, magnitude_masks, mask_stats, nonzero_masks, prefix_masks
 
 
 def test_magnitude_masks_keep_exactly_the_cr_count_even_with_ties():

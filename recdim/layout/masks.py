@@ -63,6 +63,8 @@ def magnitude_masks(
 def prefix_masks(rows: Mapping[str, int], dims: Mapping[str, int], embedding_dim: int) -> Dict[str, torch.Tensor]:
     """Every row of table t keeps its first ``dims[t]`` columns (AutoDim, uniform and MDE baselines).
 
+    The per-table case of :func:`row_dims_to_masks`.
+
     Args:
         rows: ``{table: N}``.
         dims: ``{table: d}`` with ``0 <= d <= K``.
@@ -70,15 +72,35 @@ def prefix_masks(rows: Mapping[str, int], dims: Mapping[str, int], embedding_dim
 
     Returns:
         ``{table: bool [N, K]}``.
+
+    Example::
+
+        prefix_masks({"user": 3}, {"user": 4}, 8)["user"].sum(1)   # tensor([4, 4, 4])
     """
+    return row_dims_to_masks({t: torch.full((n,), int(dims[t]), dtype=torch.int64) for t, n in rows.items()}, embedding_dim)
+
+
+def row_dims_to_masks(dims: Mapping[str, torch.Tensor], embedding_dim: int) -> Dict[str, torch.Tensor]:
+    """Prefix masks from per-row dimensions: row i keeps columns ``[0, d_i)``.
+
+    Args:
+        dims: ``{feature: int64 [N]}`` in ``[0, K]``.
+        embedding_dim: K.
+
+    Returns:
+        ``{feature: bool [N, K]}``.
+
+    Example::
+
+        row_dims_to_masks({"user": torch.tensor([8, 4, 0])}, 8)["user"].sum(1)   # tensor([8, 4, 0])
+    """
+    cols = torch.arange(embedding_dim, dtype=torch.int64)
     out = {}
-    for t, n in rows.items():
-        d = dims[t]
-        if not 0 <= d <= embedding_dim:
-            raise ValueError(f"{t}: dimension {d} outside [0, {embedding_dim}]")
-        m = torch.zeros(n, embedding_dim, dtype=torch.bool)
-        m[:, :d] = True
-        out[t] = m
+    for f, d in dims.items():
+        if d.numel() and (int(d.min()) < 0 or int(d.max()) > embedding_dim):
+            bad = int(d.min()) if int(d.min()) < 0 else int(d.max())
+            raise ValueError(f"{f}: dimension {bad} outside [0, {embedding_dim}]")
+        out[f] = cols.unsqueeze(0) < d.to(torch.int64).unsqueeze(1)
     return out
 
 

@@ -2,8 +2,8 @@
 
 A baseline assigns every row i of every feature a dimension d_i, a multiple of 4 (FBGEMM's training
 TBE) in ``[0, K]``; row i keeps columns ``[0, d_i)`` of the K-wide vector (prefix semantics, as
-:func:`recdim.prune.masks.prefix_masks` per table). Budgets are compression rates as in
-:mod:`recdim.prune.masks`: CR = uniform parameters (sum N * K) / kept parameters.
+:func:`recdim.layout.masks.prefix_masks` per table). Budgets are compression rates as in
+:mod:`recdim.layout.masks`: CR = uniform parameters (sum N * K) / kept parameters.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from typing import Any, Dict, List, Mapping, Sequence, Tuple
 import numpy as np
 import torch
 
-from recdim.prune.masks import kept_for_cr
+from recdim.layout.masks import kept_for_cr, row_dims_to_masks  # noqa: F401  (re-exported)
 
 ALIGN = 4
 BYTES_PER_VALUE = 4  # float32
@@ -155,29 +155,6 @@ def check_row_dims(dims: Mapping[str, torch.Tensor], embedding_dim: int) -> None
             raise ValueError(f"{f}: dimensions must be an int64 [N] tensor, got {d.dtype} {tuple(d.shape)}")
         if d.numel() and (int(d.min()) < 0 or int(d.max()) > embedding_dim or bool((d % ALIGN).any())):
             raise ValueError(f"{f}: dimensions must be multiples of {ALIGN} in [0, {embedding_dim}]")
-
-
-def row_dims_to_masks(dims: Mapping[str, torch.Tensor], embedding_dim: int) -> Dict[str, torch.Tensor]:
-    """Prefix masks from per-row dimensions: row i keeps columns ``[0, d_i)``.
-
-    Args:
-        dims: ``{feature: int64 [N]}`` in ``[0, K]``.
-        embedding_dim: K.
-
-    Returns:
-        ``{feature: bool [N, K]}``.
-
-    Example::
-
-        row_dims_to_masks({"user": torch.tensor([8, 4, 0])}, 8)["user"].sum(1)   # tensor([8, 4, 0])
-    """
-    cols = torch.arange(embedding_dim, dtype=torch.int64)
-    out = {}
-    for f, d in dims.items():
-        if d.numel() and (int(d.min()) < 0 or int(d.max()) > embedding_dim):
-            raise ValueError(f"{f}: dimension outside [0, {embedding_dim}]")
-        out[f] = cols.unsqueeze(0) < d.to(torch.int64).unsqueeze(1)
-    return out
 
 
 def budget_for_cr(num_embeddings: Mapping[str, int], embedding_dim: int, cr: float) -> int:

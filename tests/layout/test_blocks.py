@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from recdim.search.blocking import BlockPlan, global_blocks, make_block_plan, per_table_blocks
+from recdim.layout.blocks import BlockPlan, global_blocks, make_block_plan, per_table_blocks
 
 
 def reference_global(counts, L):
