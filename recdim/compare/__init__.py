@@ -5,6 +5,6 @@ Importing the package is cheap (``recdim.config`` reads :class:`CompareConfig` f
 load on use.
 """
 
-from recdim.compare.config import CompareConfig
+from recdim.config.compare import CompareConfig
 
 __all__ = ["CompareConfig"]

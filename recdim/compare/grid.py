@@ -6,7 +6,7 @@ import re
 from dataclasses import dataclass
 from typing import Any, List, Sequence, TypeVar
 
-from recdim.compare.config import CompareConfig
+from recdim.config.compare import CompareConfig
 from recdim.config_io import apply_overrides, from_dict, to_dict
 
 C = TypeVar("C")

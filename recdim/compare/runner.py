@@ -26,11 +26,11 @@ from typing import Any, Callable, Dict, Mapping, Optional, Union
 
 from tqdm import tqdm
 
-from recdim.compare.config import CompareConfig
+from recdim.config.compare import CompareConfig
 from recdim.compare.grid import Cell, cell_config, config_echo, expand_grid
 from recdim.compare.report import write_report
 from recdim.compare.select import choose_best, selection_record
-from recdim.search.baselines.config import BaselineConfig
+from recdim.config.baseline import BaselineConfig
 from recdim.search.baselines.methods import candidate_methods
 
 logger = logging.getLogger("recdim.compare")

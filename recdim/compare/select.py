@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from typing import Any, Dict, List, Mapping, Sequence, Tuple
 
-from recdim.compare.config import HIGHER_IS_BETTER, LOWER_IS_BETTER
+from recdim.config.compare import HIGHER_IS_BETTER, LOWER_IS_BETTER
 
 
 def selection_metric(val: Mapping[str, float], select_metric: str = "") -> Tuple[str, bool]:

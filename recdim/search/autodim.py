@@ -35,7 +35,7 @@ from recdim.modules.candidate_dims import (
     ZeroPad,
     gumbel_noise,
 )
-from recdim.search.autodim_config import AutoDimConfig
+from recdim.config.autodim import AutoDimConfig
 from recdim.search.bilevel import BilevelConfig, BilevelHook
 from recdim.search.method import SearchMethod
 from recdim.train.build import ProviderFactory

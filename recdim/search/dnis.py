@@ -49,7 +49,7 @@ from recdim.data.schema import FieldKind
 from recdim.modules.soft_selection import BlockSplitPooling, SequenceScaling, SoftSelectionProvider
 from recdim.search.bilevel import BilevelConfig, BilevelHook
 from recdim.layout.blocks import BlockPlan, make_block_plan
-from recdim.search.dnis_config import DNISConfig
+from recdim.config.dnis import DNISConfig
 from recdim.search.method import SearchMethod
 from recdim.train.build import ProviderFactory
 from recdim.train.distributed import TABLE_PARAM

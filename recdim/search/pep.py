@@ -45,7 +45,7 @@ from recdim.data.prepared import PreparedDataset
 from recdim.data.schema import FieldKind
 from recdim.modules.threshold import GATES, ThresholdEmbeddingProvider, make_thresholds
 from recdim.search.method import SearchMethod
-from recdim.search.pep_config import PEPConfig
+from recdim.config.pep import PEPConfig
 from recdim.search.pep_tables import count_nonzeros, gather_masks, gather_thresholds, init_threshold_tables, table_pieces, rank_and_world
 from recdim.train.build import ProviderFactory
 from recdim.train.hooks import StepHook

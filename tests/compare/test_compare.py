@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from recdim.compare.config import CompareConfig
+from recdim.config.compare import CompareConfig
 from recdim.compare.grid import Cell, cell_config, expand_grid
 from recdim.compare.report import aggregate, cell_values, load_records, mean_std
 from recdim.compare.runner import run_compare

@@ -21,7 +21,7 @@ from recdim.models.mf import MFArch
 from recdim.models.rec_model import RecModel
 from recdim.modules.candidate_dims import CandidateDimsProvider, EqualMixing, GumbelSoftmaxMixing, SeparateTables, ZeroPad
 from recdim.search.autodim import AutoDimHook, AutoDimMethod, build_candidate_provider, gumbel_temperature
-from recdim.search.autodim_config import AutoDimConfig
+from recdim.config.autodim import AutoDimConfig
 from recdim.search.bilevel import BilevelConfig, BilevelHook
 from recdim.train.checkpoint import Checkpointer
 from recdim.train.distributed import build_optimizer, init_distributed, shard_model

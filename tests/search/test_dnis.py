@@ -22,7 +22,7 @@ from recdim.search.dnis import (
     rowwise_normalize,
     unrolled_arch_grad,
 )
-from recdim.search.dnis_config import DNISConfig
+from recdim.config.dnis import DNISConfig
 
 NUM = {"a": 20, "b": 9}
 K = 4

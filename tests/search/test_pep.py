@@ -24,7 +24,7 @@ from recdim.models.mf import MFArch
 from recdim.models.rec_model import RecModel
 from recdim.modules.threshold import DimensionThreshold, ThresholdEmbeddingProvider
 from recdim.search.pep import CoupledL2, LinearRamp, PEPMethod, pressures, single_valued_features, table_pieces
-from recdim.search.pep_config import PEPConfig
+from recdim.config.pep import PEPConfig
 from recdim.train.checkpoint import Checkpointer
 from recdim.train.distributed import build_optimizer, init_distributed, shard_model
 from recdim.train.init import init_tables, table_rows

@@ -11,7 +11,7 @@ else loads on first use.
 from importlib import import_module
 from typing import Any
 
-from recdim.search.baselines.config import BaselineConfig
+from recdim.config.baseline import BaselineConfig
 
 _EXPORTS = {
     "DimAssignment": "recdim.layout.dims",

@@ -11,7 +11,7 @@ from typing import List, Mapping, Optional, Tuple
 
 import numpy as np
 
-from recdim.search.baselines.config import BaselineConfig
+from recdim.config.baseline import BaselineConfig
 from recdim.layout.dims import DimAssignment, budget_for_cr
 from recdim.search.baselines.grid import grid_dims, grid_methods
 from recdim.search.baselines.mde import mde_dims, mde_rounding

@@ -14,11 +14,11 @@ from dataclasses import dataclass, field
 from typing import Literal, Optional, Tuple
 
 from recdim.config_io import ConfigError, load_config  # noqa: F401  (re-exported)
-from recdim.compare.config import CompareConfig
-from recdim.search.autodim_config import AutoDimConfig
-from recdim.search.baselines.config import BaselineConfig
-from recdim.search.dnis_config import DNISConfig
-from recdim.search.pep_config import PEPConfig
+from recdim.config.compare import CompareConfig
+from recdim.config.autodim import AutoDimConfig
+from recdim.config.baseline import BaselineConfig
+from recdim.config.dnis import DNISConfig
+from recdim.config.pep import PEPConfig
 
 ARCHES = ("dlrm", "deepfm", "fm", "wide_deep", "mf", "mlp", "neumf")
 
