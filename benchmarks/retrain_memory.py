@@ -52,7 +52,7 @@ def _worker(args: argparse.Namespace) -> None:
     from recdim.modules.uniform import UniformEmbeddingProvider, table_name
     from recdim.prune.planner import PlannerConfig, plan_table
     from recdim.train.distributed import build_optimizer, init_distributed, shard_model
-    from recdim.train.init import init_tables
+    from recdim.modules.table_init import init_tables
 
     torch.set_num_threads(1)
     K = args.dim

@@ -83,7 +83,7 @@ def _batches(num: Dict[str, int], args: argparse.Namespace, count: int):
 def _worker(args: argparse.Namespace) -> None:
     from recdim.config import TrainConfig
     from recdim.train.distributed import init_distributed, shard_model
-    from recdim.train.init import init_tables
+    from recdim.modules.table_init import init_tables
     from recdim.train.results import peak_memory
 
     torch.set_num_threads(args.threads)

@@ -1,7 +1,7 @@
 """Filling the tier tables of a (possibly sharded) model: from masked K-wide weights, or from the masked
 deterministic initialisation of the uniform tables they replace.
 
-Both work on whatever shards this rank holds (:func:`recdim.train.init.local_pieces`), so they run after
+Both work on whatever shards this rank holds (:func:`recdim.modules.table_init.local_pieces`), so they run after
 ``shard_model`` on any world size: exporting a pruned model, rewinding a lottery ticket to its initial
 values, or retraining the tiers from the same start as the masked K-wide model.
 """
@@ -18,7 +18,7 @@ from torch.distributed._shard.sharded_tensor import ShardedTensor
 
 from recdim.layout.tier_plan import TablePlan, TierPlan
 from recdim.layout.tier_values import tier_values
-from recdim.train.init import ROWS_PER_BLOCK, local_pieces, table_rows, table_state
+from recdim.modules.table_init import ROWS_PER_BLOCK, local_pieces, table_rows, table_state
 
 _TABLE_OF_KEY = re.compile(r"(?:^|\.)(?:embedding_bags|embeddings)\.([^.]+)\.weight$")
 
@@ -127,7 +127,7 @@ def masked_init(
     plans: Sequence[TablePlan],
     source_key: Callable[[str], str] = lambda table: f"provider.ebc.embedding_bags.{table}.weight",
 ) -> Callable[..., torch.Tensor]:
-    """A ``fill`` for :func:`recdim.train.init.init_tables` that gives every tier the masked initial values
+    """A ``fill`` for :func:`recdim.modules.table_init.init_tables` that gives every tier the masked initial values
     of the uniform table it replaces (other tables get the usual init).
 
     Args:

@@ -16,7 +16,7 @@ from recdim.data.prepared import PreparedDataset
 from recdim.modules.uniform import table_name
 from recdim.layout.masks import magnitude_masks, mask_stats, prefix_masks
 from recdim.search.run import method_class
-from recdim.train.init import full_tables, table_rows
+from recdim.modules.table_init import full_tables, table_rows
 from recdim.train.model_io import load_model
 from recdim.train.run import open_session
 

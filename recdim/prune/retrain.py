@@ -15,7 +15,7 @@ from recdim.modules.tier_tables import gather_tier_values, masked_init, write_ti
 from recdim.layout.tier_plan import TablePlan
 from recdim.prune.planner import plan_tables
 from recdim.prune.store import plan_bytes, planner_from_json, read_pruned
-from recdim.train.init import init_tables
+from recdim.modules.table_init import init_tables
 from recdim.train.model_io import save_model
 from recdim.train.results import write_json
 from recdim.train.run import Session, open_session, train_and_evaluate

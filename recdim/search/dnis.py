@@ -52,7 +52,7 @@ from recdim.layout.blocks import BlockPlan, make_block_plan
 from recdim.config.dnis import DNISConfig
 from recdim.search.method import SearchMethod
 from recdim.train.build import ProviderFactory
-from recdim.train.distributed import TABLE_PARAM
+from recdim.modules.table_init import TABLE_PARAM
 
 NORM_EPS = 1e-7
 

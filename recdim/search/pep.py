@@ -18,7 +18,7 @@ exact, and several times cheaper to train on CPU than per-id lookups); ``MULTI_C
 stay in its EmbeddingCollection and are thresholded per id before pooling. Tables are ``t_<feature>`` on
 both paths, so masks, snapshots and thresholds files do not depend on the split.
 
-Lottery-ticket rewind needs no copy of the initial tables: :func:`recdim.train.init.table_rows` regenerates
+Lottery-ticket rewind needs no copy of the initial tables: :func:`recdim.modules.table_init.table_rows` regenerates
 them from the seed written in ``snapshots.json`` and the table's state-dict key
 (:meth:`~recdim.modules.threshold.ThresholdEmbeddingProvider.table_key`, which depends on the path; for
 ``feature_dimension`` the values are the even columns of the [N, 2K] table).

@@ -18,7 +18,7 @@ import torch.distributed as dist
 from torch.distributed._shard.sharded_tensor import ShardedTensor
 
 from recdim.modules.threshold import ThresholdEmbeddingProvider
-from recdim.train.init import local_pieces
+from recdim.modules.table_init import local_pieces
 
 _TABLE_KEY = re.compile(r"(?:^|\.)(?:embedding_bags|embeddings)\.([^.]+)\.weight$")
 

@@ -19,7 +19,6 @@ trained by a regular Adam. On GPU the fused kernel runs Adam on sharded tables.
 from __future__ import annotations
 
 import os
-import re
 from dataclasses import dataclass
 from typing import Any, Dict, List, Optional, Tuple, Type
 
@@ -40,10 +39,10 @@ from torchrec.optim.rowwise_adagrad import RowWiseAdagrad
 
 from recdim.config import TrainConfig
 from recdim.modules.provider import EmbeddingProvider
+from recdim.modules.table_init import TABLE_PARAM  # noqa: F401  (re-exported)
 
 # Parameter names of TorchRec tables, sharded or not: ``...embedding_bags.<table>.weight`` (EBC) and
 # ``...embeddings.<table>.weight`` (EC).
-TABLE_PARAM = re.compile(r"(^|\.)(embedding_bags|embeddings)\.[^.]+\.weight$")
 
 SHARDING_TYPES = {
     "table_wise": [ShardingType.TABLE_WISE.value],

@@ -17,7 +17,7 @@ from recdim.train.build import ProviderFactory, build_model, uniform_provider
 from recdim.train.checkpoint import Checkpointer
 from recdim.train.distributed import DistContext, build_optimizer, init_distributed, shard_model
 from recdim.train.hooks import StepHook
-from recdim.train.init import init_tables
+from recdim.modules.table_init import init_tables
 from recdim.train.resume import CheckpointHook
 from recdim.train.results import peak_memory, write_json
 from recdim.train.trainer import Trainer

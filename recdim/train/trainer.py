@@ -16,7 +16,7 @@ from recdim.data.loader import EvalLoader, TrainLoader
 from recdim.data.schema import LabelKind
 from recdim.train.distributed import DistContext
 from recdim.train.hooks import StepHook
-from recdim.train.init import restore, snapshot
+from recdim.modules.table_init import restore, snapshot
 from recdim.train.metrics import compute_metrics, gather
 
 
@@ -52,7 +52,7 @@ class FitState:
         step_in_epoch: training steps already taken in the current epoch.
         epoch_losses: the training losses of those steps.
         best_value: the best validation value of the primary metric so far.
-        best_state: this rank's snapshot of the model at that epoch (:func:`~recdim.train.init.snapshot`).
+        best_state: this rank's snapshot of the model at that epoch (:func:`~recdim.modules.table_init.snapshot`).
         stale: epochs since the best one (the early-stopping counter).
     """
 

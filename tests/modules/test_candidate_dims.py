@@ -27,7 +27,7 @@ from recdim.modules.candidate_dims import (
     ZeroPad,
     clip_candidates,
 )
-from recdim.train.init import init_tables, local_pieces, table_rows, table_state
+from recdim.modules.table_init import init_tables, local_pieces, table_rows, table_state
 from tests.dist_utils import run_ranks
 
 K = 16

@@ -14,7 +14,7 @@ from recdim.layout.tier_plan import DenseRemap, RunRemap
 from recdim.prune.planner import PlannerConfig, plan_tables
 from recdim.layout.tier_values import tier_values
 from recdim.train.distributed import build_optimizer, init_distributed, shard_model
-from recdim.train.init import init_tables, local_pieces, table_state
+from recdim.modules.table_init import init_tables, local_pieces, table_state
 from tests.dist_utils import run_ranks
 
 K = 8

@@ -7,7 +7,7 @@ from recdim.modules.soft_selection import SoftSelectionProvider
 from recdim.modules.threshold import GATES, ThresholdEmbeddingProvider, make_thresholds
 from recdim.modules.uniform import UniformEmbeddingProvider
 from recdim.layout.blocks import make_block_plan
-from recdim.train.init import full_tables, init_tables
+from recdim.modules.table_init import full_tables, init_tables
 
 SIZES = {"a": 37, "b": 5}
 K = 8

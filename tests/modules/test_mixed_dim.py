@@ -18,7 +18,7 @@ from recdim.layout.dims import DimAssignment, Projection, budget_for_cr
 from recdim.search.baselines.mde import mde_dims
 from recdim.layout.blocks import per_table_blocks
 from recdim.train.distributed import build_optimizer, init_distributed, shard_model
-from recdim.train.init import init_tables, local_pieces, table_rows, table_state
+from recdim.modules.table_init import init_tables, local_pieces, table_rows, table_state
 from tests.dist_utils import run_ranks
 
 K = 8

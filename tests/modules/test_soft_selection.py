@@ -12,7 +12,7 @@ from recdim.config import TrainConfig
 from recdim.modules.soft_selection import BlockSplitPooling, SequenceScaling, SoftSelectionProvider
 from recdim.layout.blocks import BlockPlan, global_blocks, per_table_blocks
 from recdim.train.distributed import build_optimizer, init_distributed, shard_model
-from recdim.train.init import init_tables, local_pieces, table_rows, table_state
+from recdim.modules.table_init import init_tables, local_pieces, table_rows, table_state
 from tests.dist_utils import run_ranks
 
 K = 4

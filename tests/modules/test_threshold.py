@@ -24,7 +24,7 @@ from recdim.modules.threshold import (
     soft_threshold,
 )
 from recdim.search.pep import count_nonzeros, gather_masks
-from recdim.train.init import init_tables, local_pieces, table_rows, table_state
+from recdim.modules.table_init import init_tables, local_pieces, table_rows, table_state
 from tests.dist_utils import run_ranks
 
 K = 8
@@ -358,7 +358,7 @@ def test_count_kept_whole_and_column_pieces(granularity: str) -> None:
 @pytest.mark.parametrize("granularity", GRANULARITIES)
 def test_effective_weights_are_single_id_outputs_mixed(granularity: str) -> None:
     """On both paths, ``effective_weights`` (from whole tables by name) is what one id reads."""
-    from recdim.train.init import full_tables as whole_tables
+    from recdim.modules.table_init import full_tables as whole_tables
 
     provider = make_provider(granularity, "sum", layout="mixed")
     init_tables(provider, SEED, STD, fill=fill)

@@ -26,7 +26,7 @@ from recdim.search.bilevel import BilevelConfig, BilevelHook
 from recdim.train.checkpoint import Checkpointer
 from recdim.train.distributed import build_optimizer, init_distributed, shard_model
 from recdim.train.hooks import StepHook
-from recdim.train.init import init_tables
+from recdim.modules.table_init import init_tables
 from recdim.train.resume import CheckpointHook
 from recdim.train.trainer import Trainer
 

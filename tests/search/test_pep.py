@@ -27,7 +27,7 @@ from recdim.search.pep import CoupledL2, LinearRamp, PEPMethod, pressures, singl
 from recdim.config.pep import PEPConfig
 from recdim.train.checkpoint import Checkpointer
 from recdim.train.distributed import build_optimizer, init_distributed, shard_model
-from recdim.train.init import init_tables, table_rows
+from recdim.modules.table_init import init_tables, table_rows
 from recdim.train.resume import CheckpointHook
 from recdim.train.trainer import Trainer
 

@@ -16,7 +16,7 @@ from recdim.train.checkpoint import LATEST, Checkpointer
 from recdim.train.distributed import destroy
 from recdim.train.faults import ENV_VAR, FAULT_EXIT_CODE, Fault, configured_fault
 from recdim.train.hooks import StepHook
-from recdim.train.init import snapshot
+from recdim.modules.table_init import snapshot
 from recdim.train.resume import load_training_state
 from recdim.train.run import open_session
 from tests.dist_utils import run_ranks

@@ -6,7 +6,7 @@ from torchrec import KeyedJaggedTensor
 from recdim.config import TrainConfig
 from recdim.modules.uniform import UniformEmbeddingProvider
 from recdim.train.distributed import build_optimizer, init_distributed, shard_model
-from recdim.train.init import init_tables
+from recdim.modules.table_init import init_tables
 from tests.dist_utils import run_ranks
 
 CASES = [("table_wise", "rowwise_adagrad"), ("column_wise", "sgd"), ("table_wise", "adam")]

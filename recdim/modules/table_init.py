@@ -8,15 +8,18 @@ each rank draws only the row blocks its shards overlap.
 from __future__ import annotations
 
 import hashlib
+import re
 from typing import Callable, Dict, Iterator, Tuple
 
 import torch
 from torch import nn
 from torch.distributed._shard.sharded_tensor import ShardedTensor
 
-from recdim.train.distributed import TABLE_PARAM
 
 ROWS_PER_BLOCK = 4096
+
+# State-dict keys of TorchRec table weights (EmbeddingBagCollection / EmbeddingCollection, sharded or not).
+TABLE_PARAM = re.compile(r"(^|\.)(embedding_bags|embeddings)\.[^.]+\.weight$")
 
 
 def _block_seed(seed: int, key: str, block: int) -> int:

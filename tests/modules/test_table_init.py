@@ -3,7 +3,7 @@ import torch
 from recdim.config import TrainConfig
 from recdim.modules.uniform import UniformEmbeddingProvider
 from recdim.train.distributed import init_distributed, shard_model
-from recdim.train.init import ROWS_PER_BLOCK, init_tables, restore, snapshot, table_rows
+from recdim.modules.table_init import ROWS_PER_BLOCK, init_tables, restore, snapshot, table_rows
 from tests.dist_utils import run_ranks
 
 SIZES = {"a": ROWS_PER_BLOCK + 37, "b": 11}
