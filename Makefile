@@ -28,10 +28,10 @@ test: env
 	OMP_NUM_THREADS=1 $(PY) -m pytest -q $(PYTEST_ARGS)
 
 test-fast: env
-	OMP_NUM_THREADS=1 $(PY) -m pytest -q -m "not slow" $(PYTEST_ARGS)
+	OMP_NUM_THREADS=1 $(PY) -m pytest -q -m "not slow and not multiprocess" $(PYTEST_ARGS)
 
 bench: env
-	$(PY) benchmarks/train_throughput.py --out bench-out/train_throughput.jsonl
+	$(VENV)/bin/recdim bench --name train_throughput --out bench-out
 
 clean:
 	rm -rf $(VENV) runs bench-out

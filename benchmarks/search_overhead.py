@@ -31,8 +31,8 @@ def _worker(args: argparse.Namespace) -> None:
 
     from recdim.config import load
     from recdim.data.prepared import PreparedDataset
-    from recdim.search.run import method_class
-    from recdim.train.results import peak_memory
+    from recdim.search.method import create
+    from recdim.train.memory import peak_memory
     from recdim.train.run import open_session
 
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
@@ -41,7 +41,7 @@ def _worker(args: argparse.Namespace) -> None:
     if args.method == "uniform":
         session = open_session(cfg)
     else:
-        m = method_class(args.method)(cfg)
+        m = create(args.method, cfg, kind="search")
         ds = PreparedDataset(cfg.data_path)
         session = open_session(cfg, m.provider_factory(ds, ds.feature_names(cfg.data.features)), m.hooks)
     trainer = session.trainer

@@ -84,7 +84,7 @@ def _worker(args: argparse.Namespace) -> None:
     from recdim.config import TrainConfig
     from recdim.train.distributed import init_distributed, shard_model
     from recdim.modules.table_init import init_tables
-    from recdim.train.results import peak_memory
+    from recdim.train.memory import peak_memory
 
     torch.set_num_threads(args.threads)
     num = {f"f{j}": args.rows for j in range(args.features)}

@@ -30,7 +30,7 @@ def _worker(args: argparse.Namespace) -> None:
     import torch.distributed as dist
 
     from recdim.config import load
-    from recdim.train.results import peak_memory
+    from recdim.train.memory import peak_memory
     from recdim.train.run import open_session
 
     overrides = [f"data.path={args.data}", f"train.batch_size={args.batch_size}", f"train.sharding={args.sharding}",

@@ -60,14 +60,19 @@ def _job_args_doc(fn: Callable[..., specs.AppDef]) -> Callable[..., specs.AppDef
     return fn
 
 
-def _from_run_doc(what: str) -> Callable[[Callable[..., specs.AppDef]], Callable[..., specs.AppDef]]:
-    """Documents the ``from_run`` argument (``--from``) beside the shared ones."""
+def _arg_doc(arg: str, what: str) -> Callable[[Callable[..., specs.AppDef]], Callable[..., specs.AppDef]]:
+    """Documents a component's own argument ``arg`` beside the shared ones."""
 
     def deco(fn: Callable[..., specs.AppDef]) -> Callable[..., specs.AppDef]:
-        fn.__doc__ = (fn.__doc__ or "").replace("    Args:\n", f"    Args:\n        from_run: {what} (--from)\n", 1)
+        fn.__doc__ = (fn.__doc__ or "").replace("    Args:\n", f"    Args:\n        {arg}: {what}\n", 1)
         return fn
 
     return deco
+
+
+def _from_run_doc(what: str) -> Callable[[Callable[..., specs.AppDef]], Callable[..., specs.AppDef]]:
+    """Documents the ``from_run`` argument (``--from``) beside the shared ones."""
+    return _arg_doc("from_run", f"{what} (--from)")
 
 
 def recdim_app(
@@ -244,9 +249,11 @@ def export(
     return recdim_app("export", config, out, list(overrides), nnodes, nproc_per_node, image, name, h, cpu, gpu, memMB, max_restarts, max_retries, env, mounts, rdzv_port, ["--from", from_run])
 
 
+@_arg_doc("benchmark", "the benchmark to run, a script stem in benchmarks/ such as train_throughput (--name)")
 @_job_args_doc
 def bench(
     *overrides: str,
+    benchmark: str,
     config: str,
     out: str,
     nnodes: int = 1,
@@ -263,8 +270,11 @@ def bench(
     mounts: Optional[List[str]] = None,
     rdzv_port: int = 29500,
 ) -> specs.AppDef:
-    """``recdim bench``: memory, throughput and quality benchmarks, written as JSON rows."""
-    return recdim_app("bench", config, out, list(overrides), nnodes, nproc_per_node, image, name, h, cpu, gpu, memMB, max_restarts, max_retries, env, mounts, rdzv_port)
+    """``recdim bench``: one benchmark from benchmarks/ (memory, throughput), JSON rows in OUT/BENCHMARK.jsonl.
+
+    The benchmark starts its own processes; under several processes only rank 0 runs it.
+    """
+    return recdim_app("bench", config, out, list(overrides), nnodes, nproc_per_node, image, name, h, cpu, gpu, memMB, max_restarts, max_retries, env, mounts, rdzv_port, ["--name", benchmark])
 
 
 @_job_args_doc

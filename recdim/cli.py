@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
 
 from recdim.config import Config, load
+from recdim.config.methods import names as method_names
 from recdim.config_io import ConfigError
 
 
@@ -66,9 +67,10 @@ def cmd_prune(cfg: Config, args: argparse.Namespace) -> int:
 
 
 def cmd_retrain(cfg: Config, args: argparse.Namespace) -> int:
-    from recdim.prune.retrain import run_retrain
+    from recdim.export.retrained import export_step
+    from recdim.retrain.tiers import run_retrain
 
-    results = run_retrain(cfg, Path(args.from_dir), Path(args.out))
+    results = run_retrain(cfg, Path(args.from_dir), Path(args.out), after=[export_step()])
     if _is_main():
         print(f"retrained CR {results['prune']['cr']:.2f}: " + _summary(results))
         print(f"artifact: {results['export']}")
@@ -76,7 +78,7 @@ def cmd_retrain(cfg: Config, args: argparse.Namespace) -> int:
 
 
 def cmd_export(cfg: Config, args: argparse.Namespace) -> int:
-    from recdim.prune.export_run import export_retrained
+    from recdim.export.retrained import export_retrained
 
     path = export_retrained(Path(args.from_dir), Path(args.out))
     print(f"artifact: {path}")
@@ -112,6 +114,18 @@ def cmd_compare(cfg: Config, args: argparse.Namespace) -> int:
     return 1 if s.failed else 0
 
 
+def cmd_bench(cfg: Config, args: argparse.Namespace) -> int:
+    """Runs ``benchmarks/<name>.py`` (``--list``: the names); see :mod:`recdim.bench`."""
+    from recdim.bench import format_list, run_bench
+
+    if args.list:
+        print(format_list())
+        return 0
+    if not args.name:
+        raise ValueError("give --name NAME (recdim bench --list shows the names)")
+    return run_bench(args.name, args.out, args.config, args.overrides, args.script_args)
+
+
 def cmd_run(cfg: Config, args: argparse.Namespace) -> int:
     """prepare -> search -> prune -> retrain -> export -> report."""
     from recdim.pipeline import run_pipeline
@@ -138,6 +152,7 @@ COMMANDS = {
     "predict": (cmd_predict, "score a prepared-format Parquet/CSV file with an artifact", "predictions.csv"),
     "inspect": (cmd_inspect, "per-table dims, bytes and compression of an artifact", None),
     "compare": (cmd_compare, "compare methods x arches x budgets x seeds (resumable)", None),
+    "bench": (cmd_bench, "run a benchmark from benchmarks/ (--name NAME, --list); JSON rows in --out", "bench-out"),
     "run": (cmd_run, "the whole pipeline: prepare, search, prune, retrain, export, report", "runs/run"),
 }
 
@@ -150,7 +165,7 @@ def build_parser() -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=help_text)
         _common(p, out_default)
         if name == "search":
-            p.add_argument("--method", choices=["dnis", "autosrh", "pep", "autodim"], help="overrides search.method")
+            p.add_argument("--method", choices=list(method_names("search")), help="overrides search.method")
         if name in ("prune", "retrain", "export"):
             p.add_argument("--from", dest="from_dir", required=True, help="the run directory to start from")
         if name in ("predict", "inspect"):
@@ -160,6 +175,10 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--report-only", action="store_true", help="rewrite the report from finished cells")
         if name == "predict":
             p.add_argument("--input", required=True, help="Parquet or CSV file in the prepared dataset's columns")
+        if name == "bench":
+            p.add_argument("--name", help="the benchmark: a script stem in benchmarks/ (see --list)")
+            p.add_argument("--list", action="store_true", help="list the benchmarks and exit")
+            p.add_argument("script_args", nargs="*", metavar="-- ARGS", help="passed to the benchmark script unchanged")
     return parser
 
 

@@ -1,10 +1,11 @@
-"""Durable file writes: a file appears whole or not at all, and survives a crash once written."""
+"""Durable file writes: a file appears whole or not at all, and survives a crash once written; JSON too."""
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
-from typing import Union
+from typing import Any, Dict, Union
 
 
 def fsync_dir(path: Union[str, Path]) -> None:
@@ -32,3 +33,19 @@ def write_atomic(path: Union[str, Path], data: Union[bytes, str]) -> None:
         os.fsync(fh.fileno())
     os.replace(tmp, path)
     fsync_dir(path.parent)
+
+
+def write_json(path: Union[str, Path], data: Dict[str, Any]) -> Path:
+    """Writes ``data`` as indented JSON via a temporary file and an atomic rename (never half a file)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_atomic(path, json.dumps(data, indent=2, sort_keys=False, default=_default) + "\n")
+    return path
+
+
+def _default(obj: Any) -> Any:
+    if hasattr(obj, "item"):
+        return obj.item()
+    if isinstance(obj, Path):
+        return str(obj)
+    raise TypeError(f"not JSON serialisable: {type(obj).__name__}")

@@ -21,9 +21,6 @@ import torch.distributed as dist
 from recdim.config import Config
 from recdim.report import write_report
 
-SEARCH_METHODS = ("dnis", "autosrh", "pep", "autodim")
-
-
 def _done(run_dir: Path) -> Optional[Dict[str, Any]]:
     p = run_dir / "results.json"
     return json.loads(p.read_text()) if p.exists() else None
@@ -84,7 +81,8 @@ def run_pipeline(cfg: Config, out: Path, config_path: Optional[str] = None, over
 
         report = run_pipeline(load("configs/demo.toml"), Path("runs/demo"))
     """
-    from recdim.prune.retrain import run_retrain
+    from recdim.export.retrained import export_step
+    from recdim.retrain.tiers import run_retrain
     from recdim.search.run import run_search
     from recdim.train.run import run_train
 
@@ -94,12 +92,10 @@ def run_pipeline(cfg: Config, out: Path, config_path: Optional[str] = None, over
     uniform = _done(out / "uniform") or run_train(cfg, out / "uniform")
     search = _done(out / "search") or run_search(cfg, out / "search")
     pruned = prune_stage(cfg, config_path, list(overrides), out / "search", out / "pruned")
-    retrained = [_done(out / f"retrain-{d.name}") or run_retrain(cfg, d, out / f"retrain-{d.name}") for d in pruned]
+    retrained = [_done(out / f"retrain-{d.name}") or run_retrain(cfg, d, out / f"retrain-{d.name}", after=[export_step()])
+                 for d in pruned]
     report = write_report(out, cfg, uniform, search, retrained, time.perf_counter() - t0)
     return report
-
-
-BUDGET_FREE_SEARCHES = ("dnis", "autosrh", "autodim")
 
 
 def run_experiment(
@@ -107,10 +103,12 @@ def run_experiment(
 ) -> Dict[str, Any]:
     """One cell of a comparison: ``method`` at compression rate ``cr`` with ``seed``.
 
-    Search methods search (PEP with its budget at ``1 / cr``), prune to ``cr`` (AutoDim: the rate its
-    selected dimensions give) and retrain on tiers. Baselines (``ue``, ``ue@<d>``, ``random@<i>``,
-    ``mde``) assign dimensions at ``cr`` and retrain from a fresh initialisation (MDE with its learned
-    projections). Model selection uses validation only; test is read once, by the retraining run.
+    The method comes from the registry (:mod:`recdim.config.methods`). Search methods search with the
+    settings their method object gives for ``cr`` (:meth:`Method.at_budget`: PEP stops at ``1 / cr``),
+    prune to ``cr`` (AutoDim: the rate its selected dimensions give) and retrain on tiers. Baselines
+    (``ue``, ``ue@<d>``, ``random@<i>``, ``mde``) assign dimensions at ``cr`` and retrain from a fresh
+    initialisation (MDE with its learned projections). Model selection uses validation only; test is read
+    once, by the retraining run.
 
     Args:
         cfg: the cell's config.
@@ -118,43 +116,43 @@ def run_experiment(
         cr: target compression rate (uniform parameters / kept parameters).
         seed: training seed.
         out_dir: the cell's directory.
-        search_dir: where the search run lives; DNIS / AutoSrh / AutoDim searches do not depend on the
-            budget, so a comparison shares one per (arch, method, seed). Default ``out_dir / "search"``.
+        search_dir: where the search run lives; a budget-free search (:attr:`Method.budget_free`: DNIS /
+            AutoSrh / AutoDim) serves every budget, so a comparison shares one per (arch, method, seed).
+            Default ``out_dir / "search"``.
 
     Returns:
         ``{"method", "cr", "target_cr", "seed", "val", "test", "params", "bytes", "search_time_s",
         "retrain_time_s", "dims"}``.
     """
-    from recdim.prune.retrain import run_retrain
-    from recdim.search.baselines.methods import is_baseline
+    from recdim.config.methods import parse
+    from recdim.export.retrained import export_step
+    from recdim.retrain.tiers import run_retrain
+    from recdim.search.method import create
     from recdim.search.run import run_search
 
     out_dir = Path(out_dir)
+    entry, arg = parse(method)
     train = dataclasses.replace(cfg.train, seed=seed, progress=False)
     prune = dataclasses.replace(cfg.prune, crs=(cr,))
-    search_cfg = cfg.search
-    if method == "pep":
-        search_cfg = dataclasses.replace(search_cfg, pep=dataclasses.replace(search_cfg.pep, budgets=(min(0.999, 1.0 / cr),)))
-    cfg = dataclasses.replace(cfg, train=train, prune=prune, search=search_cfg)
+    m = create(entry.name, dataclasses.replace(cfg, train=train, prune=prune))
+    cfg = m.at_budget(cr)
     search_time = 0.0
     dims: Dict[str, Any] = {}
-    if method in SEARCH_METHODS:
+    if entry.kind == "search":
         search_dir = Path(search_dir) if search_dir is not None else out_dir / "search"
         search = _done(search_dir) or run_search(cfg, search_dir, method=method)
         search_time = float(search["wall_time_s"])
         pruned = prune_stage(cfg, None, [], search_dir, out_dir / "pruned")
-    elif is_baseline(method):
-        assignment = _baseline_assignment(cfg, method, cr)
+    else:
+        assignment = m.assign(_train_counts(cfg), cr, arg)
         dims = assignment.summary()
         if assignment.projections:
-            from recdim.prune.retrain_mde import run_retrain_dims
+            from recdim.retrain.mixed_dim import run_retrain_dims
 
             result = _done(out_dir / "retrain") or run_retrain_dims(cfg, assignment, out_dir / "retrain")
             return _cell_result(method, cr, seed, result, search_time, dims)
         pruned = [_write_assignment(cfg, assignment, out_dir / "pruned")]
-    else:
-        raise ValueError(f"unknown method {method!r}")
-    result = _done(out_dir / "retrain") or run_retrain(cfg, pruned[0], out_dir / "retrain")
+    result = _done(out_dir / "retrain") or run_retrain(cfg, pruned[0], out_dir / "retrain", after=[export_step()])
     return _cell_result(method, cr, seed, result, search_time, dims or result["prune"].get("info", {}))
 
 
@@ -166,18 +164,17 @@ def _cell_result(method: str, cr: float, seed: int, result: Dict[str, Any], sear
     }
 
 
-def _baseline_assignment(cfg: Config, method: str, cr: float) -> Any:
+def _train_counts(cfg: Config) -> Dict[str, Any]:
+    """``{feature: [N] train counts}`` of the configured features, in provider order."""
     from recdim.data.prepared import PreparedDataset
-    from recdim.search.baselines.methods import baseline_dims
 
     ds = PreparedDataset(cfg.data_path)
-    counts = {f: ds.counts(f) for f in ds.feature_names(cfg.data.features)}
-    return baseline_dims(method, cfg.search.baseline, counts, cfg.model.embedding_dim, cr)
+    return {f: ds.counts(f) for f in ds.feature_names(cfg.data.features)}
 
 
 def _write_assignment(cfg: Config, assignment: Any, out: Path) -> Path:
     """A pruned-model directory holding a baseline's prefix dimensions (fresh initialisation)."""
-    from recdim.prune.derive import PrunedModel
+    from recdim.layout.pruned import PrunedModel
     from recdim.layout.masks import mask_stats
     from recdim.prune.planner import PlannerConfig
     from recdim.prune.store import write_pruned

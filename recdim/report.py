@@ -7,7 +7,7 @@ from typing import Any, Dict, List, Sequence
 
 from recdim.config import Config
 from recdim.config_io import to_dict
-from recdim.train.results import write_json
+from recdim.fsio import write_json
 
 
 def _row(name: str, res: Dict[str, Any], uniform_bytes: int, uniform_params: int, time_s: float) -> Dict[str, Any]:

@@ -11,8 +11,8 @@ from recdim.config import load
 from recdim.data.preprocess import prepare
 from recdim.export.predict import predict_file
 from recdim.export.serving import load_serving_model
-from recdim.prune.export_run import export_retrained
-from recdim.prune.retrain import run_retrain, tiered_session
+from recdim.export.retrained import export_retrained, export_step
+from recdim.retrain.tiers import run_retrain, tiered_session
 from recdim.prune.run import run_prune
 from recdim.search.run import run_search
 from recdim.train.model_io import load_model
@@ -48,7 +48,7 @@ def test_exported_model_predicts_what_the_retrained_model_predicts(tmp_path, dat
     pruned = run_prune(cfg, tmp_path / "search", tmp_path / "pruned")
     assert pruned, "no pruned model"
     retrain_cfg = config(data, arch, method, "train.epochs=1", "train.max_steps=15")
-    results = run_retrain(retrain_cfg, pruned[0], tmp_path / "retrain")
+    results = run_retrain(retrain_cfg, pruned[0], tmp_path / "retrain", after=[export_step()])
     meta = json.loads((pruned[0] / "prune.json").read_text())
     assert meta["kept"] <= results["params"] <= meta["total"]  # stored values include tier padding
 

@@ -46,6 +46,7 @@ def test_ml100k_deepfm_ctr(tmp_path):
     assert res["val"]["logloss"] < res["untrained_val"]["logloss"]
 
 
+@pytest.mark.multiprocess
 @pytest.mark.slow
 def test_dlrm_one_process_matches_torchrun_two_processes(tmp_path):
     """The same DLRM trained in 1 process and under torchrun with 2 gloo processes (table-wise)."""

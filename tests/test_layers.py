@@ -105,3 +105,19 @@ def test_layout_and_config_import_nothing_above_them() -> None:
     edges = import_graph()
     assert edges.get("layout", set()) <= {"config", "config_io"}
     assert edges.get("config", set()) <= {"config_io"}
+
+
+# Lowest first: a node may import only nodes before it. A new subpackage must be placed here.
+LAYERS = (
+    "fsio", "config_io", "config", "layout", "data", "modules", "models", "train", "search", "prune", "retrain",
+    "export", "report", "pipeline", "compare", "bench", "cli",
+)
+
+
+def test_every_import_goes_down_the_layers() -> None:
+    edges = import_graph()
+    nodes = set(edges) | {w for ws in edges.values() for w in ws}
+    assert nodes <= set(LAYERS), f"place {sorted(nodes - set(LAYERS))} in LAYERS"
+    rank = {n: i for i, n in enumerate(LAYERS)}
+    upward = sorted((src, dst) for src, dsts in edges.items() for dst in dsts if rank[dst] > rank[src])
+    assert upward == []

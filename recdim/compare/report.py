@@ -232,7 +232,7 @@ def write_report(out_dir: Union[str, Path], method_order: Sequence[str] = (),
 
         paths = write_report("runs/compare", method_order=("ue", "mde", "dnis"))
     """
-    from recdim.train.results import write_json
+    from recdim.fsio import write_json
 
     out = Path(out_dir)
     records, failures = load_records(out)

@@ -85,7 +85,7 @@ def _baseline_config(cfg: Any) -> BaselineConfig:
 
 
 def _write_json(path: Path, data: Mapping[str, Any]) -> None:
-    from recdim.train.results import write_json
+    from recdim.fsio import write_json
 
     write_json(path, dict(data))
 
@@ -140,10 +140,11 @@ def run_cell(
     names = candidate_methods(cell.method, _baseline_config(cfg), num_embeddings or {}, K, cell.cr)
     selection = None
     if names == [cell.method]:
-        from recdim.pipeline import BUDGET_FREE_SEARCHES
+        from recdim.config.methods import parse
 
         shared = {}
-        if cell.method in BUDGET_FREE_SEARCHES:  # one search serves every budget
+        entry, _ = parse(cell.method)
+        if entry.kind == "search" and entry.load().budget_free:  # one search serves every budget
             root = run_dir
             for _ in cell.run_id.split("/"):
                 root = root.parent

@@ -18,6 +18,7 @@ from recdim.config.compare import CompareConfig
 from recdim.config.autodim import AutoDimConfig
 from recdim.config.baseline import BaselineConfig
 from recdim.config.dnis import DNISConfig
+from recdim.config.methods import entry
 from recdim.config.pep import PEPConfig
 
 ARCHES = ("dlrm", "deepfm", "fm", "wide_deep", "mf", "mlp", "neumf")
@@ -225,19 +226,23 @@ class SearchConfig:
     """``recdim search``: which method, and each method's settings.
 
     Args:
-        method: ``dnis``, ``autosrh`` (the same soft-selection search), ``pep`` or ``autodim``
-            (``--method`` on the command line overrides it).
+        method: a search method of the registry (:mod:`recdim.config.methods`): ``dnis``, ``autosrh``
+            (the same soft-selection search), ``pep`` or ``autodim`` (``--method`` on the command line
+            overrides it).
         dnis: DNIS / AutoSrh settings.
         pep: PEP settings.
         autodim: AutoDim settings.
         baseline: uniform, grid, random and MDE baseline settings (used by ``recdim compare``).
     """
 
-    method: Literal["dnis", "autosrh", "pep", "autodim"] = "dnis"
+    method: str = "dnis"
     dnis: DNISConfig = field(default_factory=DNISConfig)
     pep: PEPConfig = field(default_factory=PEPConfig)
     autodim: AutoDimConfig = field(default_factory=AutoDimConfig)
     baseline: BaselineConfig = field(default_factory=BaselineConfig)
+
+    def __post_init__(self) -> None:
+        entry("" if self.method is None else str(self.method), kind="search", field="search.method")
 
 
 @dataclass(frozen=True)

@@ -5,9 +5,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Dict, Tuple
 
-SEARCH_METHODS = ("dnis", "autosrh", "pep", "autodim")
-BASELINE_METHODS = ("ue", "grid", "random", "mde")
-METHODS = SEARCH_METHODS + BASELINE_METHODS
+from recdim.config.methods import names, parse
+
+SEARCH_METHODS = names("search")
+BASELINE_METHODS = names("baseline")
+METHODS = names()
 HIGHER_IS_BETTER = ("auc", "accuracy")
 LOWER_IS_BETTER = ("logloss", "mse", "rmse", "mae", "loss")
 
@@ -17,8 +19,9 @@ class CompareConfig:
     """A grid of experiments: every method x arch x budget x seed is one cell, one ``run_experiment``.
 
     Args:
-        methods: search methods (``dnis``, ``autosrh``, ``pep``, ``autodim``) and baselines (``ue``,
-            ``grid``, ``random``, ``mde``; single runs ``ue@<d>`` and ``random@<i>`` too). ``grid`` and
+        methods: names from the method registry (:mod:`recdim.config.methods`): search methods (``dnis``,
+            ``autosrh``, ``pep``, ``autodim``) and baselines (``ue``, ``grid``, ``random``, ``mde``; single
+            runs ``ue@<d>`` and ``random@<i>`` too). ``grid`` and
             ``random`` train every candidate and report the one best on validation.
         arches: interaction arches; empty means ``model.arch``.
         budgets: compression rates (uniform parameters / kept parameters), each >= 1.
@@ -58,11 +61,7 @@ class CompareConfig:
         if not self.methods or not self.budgets or not self.seeds:
             raise ValueError("compare.methods, compare.budgets and compare.seeds must not be empty")
         for m in self.methods:
-            base, sep, arg = m.partition("@")
-            if base not in METHODS or (sep and (base not in ("ue", "random") or not arg.isdigit())):
-                raise ValueError(
-                    f"compare.methods: {m!r} is not one of {list(METHODS)} (or ue@<d>, random@<i>)"
-                )
+            parse(m, "compare.methods")
         for name, values in (("methods", self.methods), ("arches", self.arches), ("seeds", self.seeds),
                              ("budgets", self.budgets)):
             if len(set(values)) != len(values):

@@ -10,7 +10,7 @@ from recdim.config import Config
 from recdim.prune.derive import derive
 from recdim.prune.planner import PlannerConfig
 from recdim.prune.store import write_pruned
-from recdim.train.results import write_json
+from recdim.fsio import write_json
 
 log = logging.getLogger(__name__)
 

@@ -20,7 +20,7 @@ from typing import Any, Dict, List, Mapping, Optional
 import torch
 from safetensors.torch import load_file, save_file
 
-from recdim.prune.derive import PrunedModel
+from recdim.layout.pruned import PrunedModel
 from recdim.layout.masks import mask_stats
 from recdim.layout.tier_plan import PlanBytes, TablePlan
 from recdim.prune.planner import PlannerConfig, plan_tables

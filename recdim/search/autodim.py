@@ -16,12 +16,12 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Sequence
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence
 
 import torch
 from safetensors.torch import save_file
 
-from recdim.config import Config, ModelConfig
+from recdim.config import Config, ModelConfig, PruneConfig
 from recdim.data.loader import TrainLoader
 from recdim.data.prepared import PreparedDataset
 from recdim.modules.candidate_dims import (
@@ -37,7 +37,10 @@ from recdim.modules.candidate_dims import (
 )
 from recdim.config.autodim import AutoDimConfig
 from recdim.search.bilevel import BilevelConfig, BilevelHook
-from recdim.search.method import SearchMethod
+from recdim.layout.masks import mask_stats, prefix_masks
+from recdim.layout.pruned import PrunedModel
+from recdim.modules.uniform import table_name
+from recdim.search.method import SearchedModel, SearchMethod
 from recdim.train.build import ProviderFactory
 from recdim.train.hooks import StepHook
 
@@ -194,6 +197,7 @@ class AutoDimMethod(SearchMethod):
     """
 
     name = "autodim"
+    budget_free = True
 
     def __init__(self, cfg: Config, autodim: Optional[AutoDimConfig] = None) -> None:
         super().__init__(cfg)
@@ -225,3 +229,28 @@ class AutoDimMethod(SearchMethod):
             return {"method": self.name, "dims": provider.derive_dims()}
         summary = save_architecture(provider, out_dir)
         return dict(summary, method=self.name, arch_steps=self.hook.bilevel.arch_steps if self.hook else 0)
+
+    def derive(self, searched: SearchedModel, prune: PruneConfig) -> List[PrunedModel]:
+        """One pruned model at the selected dimensions (``autodim_dims.json``): every row of a field keeps
+        the prefix of its dimension, so the rate is AutoDim's own whatever ``prune.crs`` asks. With
+        ``prune.init == "inherit"`` retraining starts from the searched prefix values, else fresh."""
+        dims = json.loads((searched.search_dir / "autodim_dims.json").read_text())["dims"]
+        K = searched.cfg.model.embedding_dim
+        selected = {f: int(dims[f]) for f in searched.features}
+        rows = {f: searched.dataset.schema[f].num_embeddings for f in searched.features}
+        masks = prefix_masks(rows, selected, K)
+        values = prefix_values(searched.tables, selected, K) if prune.init == "inherit" else None
+        return [PrunedModel(self.name, mask_stats(masks)["cr"], masks, values, None,
+                            {"dims": dims, "init": "inherit prefix" if values is not None else "fresh"})]
+
+
+def prefix_values(tables: Mapping[str, torch.Tensor], dims: Mapping[str, int], K: int) -> Dict[str, torch.Tensor]:
+    """Each field's searched values at its selected dimension, zero-padded to K: the prefix of the shared
+    largest-candidate table, or the selected candidate's own table when candidates were separate."""
+    out = {}
+    for f, d in dims.items():
+        w = tables[table_name(f)] if table_name(f) in tables else tables[f"{table_name(f)}_d{d}"]
+        padded = torch.zeros(w.size(0), K)
+        padded[:, : min(K, w.size(1))] = w[:, :K]
+        out[f] = padded
+    return out

@@ -42,7 +42,7 @@ from torch import nn
 from torchrec.datasets.utils import Batch
 from torchrec.optim.optimizers import in_backward_optimizer_filter
 
-from recdim.config import Config, ModelConfig
+from recdim.config import Config, ModelConfig, PruneConfig
 from recdim.data.loader import TrainLoader
 from recdim.data.prepared import PreparedDataset
 from recdim.data.schema import FieldKind
@@ -50,7 +50,9 @@ from recdim.modules.soft_selection import BlockSplitPooling, SequenceScaling, So
 from recdim.search.bilevel import BilevelConfig, BilevelHook
 from recdim.layout.blocks import BlockPlan, make_block_plan
 from recdim.config.dnis import DNISConfig
-from recdim.search.method import SearchMethod
+from recdim.layout.masks import magnitude_masks, mask_stats
+from recdim.layout.pruned import PrunedModel
+from recdim.search.method import SearchedModel, SearchMethod
 from recdim.train.build import ProviderFactory
 from recdim.modules.table_init import TABLE_PARAM
 
@@ -335,6 +337,7 @@ class DNISMethod(SearchMethod):
     """
 
     name = "dnis"
+    budget_free = True
 
     def __init__(self, cfg: Config, dnis: Optional[DNISConfig] = None) -> None:
         super().__init__(cfg)
@@ -382,6 +385,21 @@ class DNISMethod(SearchMethod):
             (out / "dnis_blocks.json").write_text(json.dumps(provider.plan.to_json(), indent=1))
             summary["files"] = ["dnis_alpha.safetensors", "dnis_blocks.json"]
         return summary
+
+    def derive(self, searched: SearchedModel, prune: PruneConfig) -> List[PrunedModel]:
+        """Magnitude masks of the effective weights ``e ⊙ alpha``, one per ``prune.crs`` (or one at
+        ``prune.eps``); retraining starts from the searched values with alpha folded in and the searched arch
+        unless ``prune.init == "fresh"``."""
+        eff = searched.provider.effective_weights(searched.tables)
+        budgets = [("eps", prune.eps)] if prune.eps > 0 else [("cr", c) for c in prune.crs]
+        fresh = prune.init == "fresh"
+        out = []
+        for kind, b in budgets:
+            masks = magnitude_masks(eff, cr=b) if kind == "cr" else magnitude_masks(eff, eps=b)
+            out.append(PrunedModel(self.name, mask_stats(masks)["cr"], masks, None if fresh else eff,
+                                   None if fresh else searched.arch_state,
+                                   {kind: b, "init": "fresh" if fresh else "searched values, alpha folded in"}))
+        return out
 
 
 class AutoSrhMethod(DNISMethod):

@@ -37,14 +37,18 @@ from typing import Any, Callable, Collection, Dict, List, Optional, Sequence, Tu
 import numpy as np
 import torch
 import torch.distributed as dist
-from safetensors.torch import save_file
+from safetensors.torch import load_file, save_file
 from torch.utils.hooks import RemovableHandle
 
-from recdim.config import Config, ModelConfig
+from recdim.config import Config, ModelConfig, PruneConfig
 from recdim.data.prepared import PreparedDataset
 from recdim.data.schema import FieldKind
 from recdim.modules.threshold import GATES, ThresholdEmbeddingProvider, make_thresholds
-from recdim.search.method import SearchMethod
+from recdim.layout.masks import mask_stats
+from recdim.layout.pruned import PrunedModel
+from recdim.modules.table_init import table_rows
+from recdim.modules.uniform import table_name
+from recdim.search.method import SearchedModel, SearchMethod, with_search
 from recdim.config.pep import PEPConfig
 from recdim.search.pep_tables import count_nonzeros, gather_masks, gather_thresholds, init_threshold_tables, table_pieces, rank_and_world
 from recdim.train.build import ProviderFactory
@@ -52,7 +56,8 @@ from recdim.train.hooks import StepHook
 
 __all__ = [
     "CoupledL2", "LinearRamp", "PEPHook", "PEPMethod", "Snapshot", "ThresholdPressure", "build_threshold_provider",
-    "count_nonzeros", "gather_masks", "gather_thresholds", "init_threshold_tables", "pressures", "single_valued_features",
+    "count_nonzeros", "gather_masks", "gather_thresholds", "init_threshold_tables", "initial_values", "pressures",
+    "single_valued_features",
     "table_pieces",
 ]
 
@@ -339,6 +344,10 @@ class PEPMethod(SearchMethod):
         self.pep = pep if pep is not None else pep_section(cfg)
         self.hook: Optional[PEPHook] = None
 
+    def at_budget(self, cr: float) -> Config:
+        """The search stops at the one budget ``1 / cr`` (kept fraction; below 1 so that pruning starts)."""
+        return with_search(self.cfg, pep=dataclasses.replace(self.pep, budgets=(min(0.999, 1.0 / cr),)))
+
     def provider_factory(self, dataset: PreparedDataset, features: Sequence[str]) -> ProviderFactory:
         single = single_valued_features(dataset, features)
 
@@ -387,3 +396,43 @@ class PEPMethod(SearchMethod):
             save_file({k: v.contiguous() for k, v in thresholds.items()}, str(out / "thresholds.safetensors"))
             (out / "snapshots.json").write_text(json.dumps(summary, indent=2))
         return summary
+
+    def derive(self, searched: SearchedModel, prune: PruneConfig) -> List[PrunedModel]:
+        """One pruned model per budget snapshot the search reached (``snapshots.json``). Retraining starts
+        from the initial values under the mask (the lottery ticket) by default, from the searched values
+        ``S(V, s)`` and arch with ``prune.init == "inherit"``, or fresh."""
+        path = searched.search_dir / "snapshots.json"
+        snaps = json.loads(path.read_text()).get("snapshots", [])
+        if not snaps:
+            raise ValueError(f"{path}: PEP reached none of its budgets; train longer or raise pep.budgets")
+        out = []
+        for snap in snaps:
+            saved = load_file(str(searched.search_dir / snap["file"]))
+            masks = {f: saved[table_name(f)] for f in searched.features}
+            if prune.init == "inherit":
+                values, arch = searched.provider.effective_weights(searched.tables), searched.arch_state
+                rule = "searched values S(V, s)"
+            elif prune.init == "fresh":
+                values, arch, rule = None, None, "fresh"
+            else:
+                values, arch, rule = initial_values(searched.cfg, searched.provider, searched.features), None, "lottery ticket: initial values"
+            out.append(PrunedModel(self.name, mask_stats(masks)["cr"], masks, values, arch,
+                                   {"budget": snap["budget"], "step": snap["step"], "init": rule}))
+        return out
+
+
+def initial_values(cfg: Config, provider: ThresholdEmbeddingProvider, features: Sequence[str]) -> Dict[str, torch.Tensor]:
+    """PEP's tables as initialised (before any step): the values V, thresholds split off.
+
+    Each table's values are regenerated from the seed and its state-dict key in the model, which depends on
+    the table's lookup path (``provider.ebc.embedding_bags.<t>.weight`` for single-valued features,
+    ``provider.ec.embeddings.<t>.weight`` for bags; :meth:`ThresholdEmbeddingProvider.table_key`).
+    """
+    out = {}
+    for i, f in enumerate(features):
+        t = next(t for t in provider.tables if t.name == table_name(f))
+        key = f"provider.{provider.table_key(t.name)}"
+        full = table_rows(cfg.train.seed, key, (0, t.num_embeddings), (0, t.embedding_dim), t.embedding_dim, cfg.train.init_std)
+        values, _, _ = provider.thresholds.split_piece(i, full, (0, full.size(1)))
+        out[f] = values
+    return out

@@ -2,32 +2,15 @@
 
 from __future__ import annotations
 
-import importlib
 from pathlib import Path
-from typing import Any, Dict, Optional, Type
+from typing import Any, Dict, Optional
 
 from recdim.config import Config
 from recdim.data.prepared import PreparedDataset
-from recdim.search.method import SearchMethod
+from recdim.search.method import create
 from recdim.train.model_io import save_model
-from recdim.train.results import write_json
+from recdim.fsio import write_json
 from recdim.train.run import open_session, train_and_evaluate
-
-# method name -> "module:Class"; imported on use so that one method's import cost is not everyone's.
-METHODS: Dict[str, str] = {
-    "dnis": "recdim.search.dnis:DNISMethod",
-    "autosrh": "recdim.search.dnis:AutoSrhMethod",
-    "pep": "recdim.search.pep:PEPMethod",
-    "autodim": "recdim.search.autodim:AutoDimMethod",
-}
-
-
-def method_class(name: str) -> Type[SearchMethod]:
-    """The :class:`SearchMethod` registered as ``name``."""
-    if name not in METHODS:
-        raise ValueError(f"search.method {name!r} is not one of {sorted(METHODS)}")
-    module, cls = METHODS[name].split(":")
-    return getattr(importlib.import_module(module), cls)
 
 
 def run_search(cfg: Config, out_dir: Optional[Path], method: Optional[str] = None) -> Dict[str, Any]:
@@ -42,7 +25,7 @@ def run_search(cfg: Config, out_dir: Optional[Path], method: Optional[str] = Non
         results = run_search(load("configs/demo.toml"), Path("runs/dnis"), method="dnis")
     """
     name = method or cfg.search.method
-    m = method_class(name)(cfg)
+    m = create(name, cfg, kind="search")
     dataset = PreparedDataset(cfg.data_path)
     features = dataset.feature_names(cfg.data.features)
     session = open_session(cfg, m.provider_factory(dataset, features), m.hooks, out_dir=Path(out_dir) if out_dir is not None else None)

@@ -19,7 +19,8 @@ from recdim.train.distributed import DistContext, build_optimizer, init_distribu
 from recdim.train.hooks import StepHook
 from recdim.modules.table_init import init_tables
 from recdim.train.resume import CheckpointHook
-from recdim.train.results import peak_memory, write_json
+from recdim.fsio import write_json
+from recdim.train.memory import peak_memory
 from recdim.train.trainer import Trainer
 
 log = logging.getLogger(__name__)

@@ -13,12 +13,16 @@ from torchx.specs import macros
 from torchx.specs.file_linter import validate
 
 from launch import components
-from recdim.cli import main
+from recdim.cli import build_parser, main
 
 ROOT = Path(__file__).resolve().parents[2]
 COMPONENTS = ROOT / "launch" / "components.py"
 NAMES = ("train", "search", "retrain", "export", "bench", "run")
 FROM = {"retrain": "runs/pruned/cr-4", "export": "runs/retrain-cr-4"}  # components that start from a run
+BENCH = "train_throughput"
+# Each component's own arguments, and the recdim options they become.
+KWARGS = {**{n: {"from_run": r} for n, r in FROM.items()}, "bench": {"benchmark": BENCH}}
+OWN_ARGS = {**{n: ["--from", r] for n, r in FROM.items()}, "bench": ["--name", BENCH]}
 
 
 def _torchrun(app) -> list:
@@ -31,7 +35,7 @@ def _torchrun(app) -> list:
 def test_component_builds_torchrun_app(name):
     fn = getattr(components, name)
     assert validate(str(COMPONENTS), name) == []  # what `torchx run` checks before calling it
-    extra = {"from_run": FROM[name]} if name in FROM else {}
+    extra = KWARGS.get(name, {})
     app = fn("train.epochs=2", "model.arch=deepfm", config="configs/demo.toml", out="/shared/runs/x",
              nnodes=2, nproc_per_node=4, image="reg/recdim:1", cpu=16, gpu=4, memMB=65536, max_restarts=3,
              max_retries=2, env={"FOO": "1"}, **extra)
@@ -39,9 +43,8 @@ def test_component_builds_torchrun_app(name):
     cmd = _torchrun(app)
     assert cmd[0] == "torchrun"
     assert cmd[cmd.index("--nnodes") + 1] == "2" and cmd[cmd.index("--nproc_per_node") + 1] == "4"
-    from_args = ["--from", FROM[name]] if name in FROM else []
     assert cmd[cmd.index("-m") + 1:] == ["recdim.cli", name, "--config", "configs/demo.toml", "--out", "/shared/runs/x",
-                                          *from_args, "--set", "train.epochs=2", "--set", "model.arch=deepfm"]
+                                          *OWN_ARGS.get(name, []), "--set", "train.epochs=2", "--set", "model.arch=deepfm"]
     # Several hosts rendezvous at the first host's address, which the scheduler fills in.
     assert macros.rank0_env in role.args[1]
     assert (app.name, role.name, role.image) == (f"recdim-{name}", name, "reg/recdim:1")
@@ -49,6 +52,24 @@ def test_component_builds_torchrun_app(name):
     assert (role.resource.cpu, role.resource.gpu, role.resource.memMB) == (16, 4, 65536)
     assert role.env["PET_MAX_RESTARTS"] == "3"  # torchrun's --max-restarts, read from the environment
     assert role.env["TORCH_DISABLE_SHARE_RDZV_TCP_STORE"] == "1" and role.env["FOO"] == "1"
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_component_command_is_one_recdim_accepts(name, capsys):
+    """What each component runs (``recdim.cli <command> ...``) parses with recdim's own parser."""
+    app = getattr(components, name)("train.epochs=2", config="configs/demo.toml", out="runs/x", **KWARGS.get(name, {}))
+    cmd = _torchrun(app)
+    module, command, *rest = cmd[cmd.index("-m") + 1:]
+    assert (module, command) == (components.MODULE, name)
+    with pytest.raises(SystemExit) as e:
+        build_parser().parse_args([command, "--help"])
+    assert e.value.code == 0 and f"usage: recdim {command}" in capsys.readouterr().out
+    args = build_parser().parse_args([command, *rest])  # a rejected argument would raise SystemExit(2)
+    assert (args.command, args.config, args.out, args.overrides) == (name, "configs/demo.toml", "runs/x", ["train.epochs=2"])
+    if name in FROM:
+        assert args.from_dir == FROM[name]
+    if name == "bench":
+        assert (args.name, args.list, args.script_args) == (BENCH, False, [])
 
 
 def test_component_defaults_and_named_resources():
@@ -71,6 +92,7 @@ def test_torchxconfig_defaults_to_local_cwd():
     assert "local_cwd" in cfg
 
 
+@pytest.mark.multiprocess
 @pytest.mark.slow
 def test_torchx_local_cwd_two_processes_match_one(tmp_path):
     """``torchx run -s local_cwd launch/components.py:train`` with 2 gloo processes vs 1 process."""

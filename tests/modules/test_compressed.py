@@ -8,13 +8,12 @@ from torchrec import KeyedJaggedTensor
 
 from recdim.config import ModelConfig, TrainConfig
 from recdim.modules.compressed import TieredEmbeddingProvider, tiered_provider_factory
-from recdim.modules.tier_tables import gather_tier_values, masked_init, write_tier_tables
-from recdim.modules.uniform import UniformEmbeddingProvider
+from recdim.retrain.tier_weights import gather_tier_values, write_tier_tables
 from recdim.layout.tier_plan import DenseRemap, RunRemap
 from recdim.prune.planner import PlannerConfig, plan_tables
 from recdim.layout.tier_values import tier_values
 from recdim.train.distributed import build_optimizer, init_distributed, shard_model
-from recdim.modules.table_init import init_tables, local_pieces, table_state
+from recdim.modules.table_init import local_pieces, table_state
 from tests.dist_utils import run_ranks
 
 K = 8
@@ -183,24 +182,6 @@ def test_provider_factory_checks_plans():
         factory(ModelConfig(embedding_dim=K), {"z": 3}, False, torch.device("cpu"))
 
 
-class Holder(torch.nn.Module):
-    def __init__(self, provider):
-        super().__init__()
-        self.provider = provider
-
-
-def test_masked_init_equals_masked_uniform_init():
-    plans, _ = setup()
-    uniform = Holder(UniformEmbeddingProvider(SIZES, K, device=torch.device("cpu")))
-    init_tables(uniform, seed=3, std=0.1)
-    tiered = Holder(TieredEmbeddingProvider(plans, MULTI, device=torch.device("cpu")))
-    init_tables(tiered, seed=3, std=0.1, fill=masked_init(plans))
-    got = tiered.provider.masked_weights()
-    for p in plans:
-        w = uniform.provider.ebc.embedding_bags[p.name].weight.detach()
-        assert torch.equal(got[p.name], w * p.mask())
-
-
 LR, BATCH = 0.5, 12
 
 
@@ -232,6 +213,7 @@ def _sharded_step(rank, world):
     return out.detach(), pieces, gather_tier_values(dmp, plans)
 
 
+@pytest.mark.multiprocess
 def test_sharded_two_ranks_forward_and_sgd_step_match_reference():
     plans, weights = setup()
     masks = {p.feature: p.mask() for p in plans}

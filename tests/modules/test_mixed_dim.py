@@ -257,6 +257,7 @@ def _sharded_step(rank: int, world: int):
     return out.detach(), pieces, init_p, grads
 
 
+@pytest.mark.multiprocess
 def test_sharded_two_ranks_forward_gradients_and_sgd_step_match_reference():
     bl = blocks()
     results = run_ranks(2, _sharded_step)
@@ -302,7 +303,7 @@ def test_run_retrain_dims_end_to_end(tmp_path):
     from recdim.config import load
     from recdim.data.prepared import PreparedDataset
     from recdim.data.preprocess import prepare
-    from recdim.prune.retrain_mde import mixed_dim_session, read_layout, run_retrain_dims
+    from recdim.retrain.mixed_dim import mixed_dim_session, read_layout, run_retrain_dims
     from recdim.search.baselines.methods import baseline_dims
     from recdim.train.model_io import load_model
 

@@ -198,6 +198,7 @@ def _sharded_step(rank: int, world: int):
     return results
 
 
+@pytest.mark.multiprocess
 def test_sharded_two_processes_match_reference():
     ranks = run_ranks(2, _sharded_step)
     for case in SHARDED:

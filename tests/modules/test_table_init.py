@@ -1,3 +1,4 @@
+import pytest
 import torch
 
 from recdim.config import TrainConfig
@@ -50,6 +51,7 @@ def _sharded(rank, world, sharding):
     return out
 
 
+@pytest.mark.multiprocess
 def test_sharded_init_equals_unsharded_for_table_and_column_wise():
     ref = full_tables()
     for sharding in ("table_wise", "column_wise"):

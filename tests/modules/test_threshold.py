@@ -204,6 +204,7 @@ def _dist_cases(rank: int, world: int) -> List[Dict[str, object]]:
     return results
 
 
+@pytest.mark.multiprocess
 def test_matches_reference_sharded_two_ranks() -> None:
     ranks = run_ranks(2, _dist_cases)
     bags = make_bags(8, seed=5)

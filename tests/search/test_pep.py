@@ -256,8 +256,8 @@ def test_single_valued_features_from_schema() -> None:
 @pytest.mark.parametrize("item_kind", [FieldKind.CATEGORICAL, FieldKind.MULTI_CATEGORICAL])
 @pytest.mark.parametrize("granularity", ["dimension", "feature_dimension"])
 def test_lottery_rewind_regenerates_the_initial_values(granularity: str, item_kind: FieldKind) -> None:
-    """``_pep_rewind`` rebuilds V as initialised from the seed and each table's key, on either path."""
-    from recdim.prune.derive import _pep_rewind
+    """``initial_values`` rebuilds V as initialised from the seed and each table's key, on either path."""
+    from recdim.search.pep import initial_values
 
     pep = PEPConfig(granularity=granularity, budgets=(0.5,))
     train_cfg = TrainConfig(epochs=1, batch_size=64, lr=1e-2, device="cpu", progress=False, init_std=0.07, seed=4)
@@ -270,10 +270,10 @@ def test_lottery_rewind_regenerates_the_initial_values(granularity: str, item_ki
         return {name: local[:, cols].clone() for _, name, local, _, _ in table_pieces(provider)}
 
     initial = values()
-    for f, v in _pep_rewind(sess.cfg, provider, FEATURES).items():
+    for f, v in initial_values(sess.cfg, provider, FEATURES).items():
         assert torch.equal(v, initial[f"t_{f}"])
     # a trained model rewinds to the same values
     sess.trainer.fit(sess.train_loader, sess.val_loader)
     assert not torch.equal(values()["t_user"], initial["t_user"])
-    for f, v in _pep_rewind(sess.cfg, provider, FEATURES).items():
+    for f, v in initial_values(sess.cfg, provider, FEATURES).items():
         assert torch.equal(v, initial[f"t_{f}"])

@@ -210,6 +210,7 @@ def test_crash_while_writing_keeps_previous_checkpoint_and_resumes_exactly(data,
     assert [p.name for p in ckpt.step_dirs()] == ["step-16", "step-24"]
 
 
+@pytest.mark.multiprocess
 @pytest.mark.slow
 def test_killed_worker_restarts_under_torchrun_and_resumes(data, reference, tmp_path):
     run = tmp_path / "run"
@@ -236,6 +237,7 @@ def _train_two_ranks(rank: int, world: int, data: str, out: str) -> torch.Tensor
     return session.trainer.predict(session.val_loader)[0]
 
 
+@pytest.mark.multiprocess
 @pytest.mark.slow
 def test_checkpoint_of_two_processes_loads_into_one(data, tmp_path):
     two = run_ranks(2, _train_two_ranks, str(data), str(tmp_path))[0]

@@ -1,5 +1,6 @@
 """One process and two gloo processes take the same training steps (sharded tables, fused kernels)."""
 
+import pytest
 import torch
 from torchrec import KeyedJaggedTensor
 
@@ -8,6 +9,8 @@ from recdim.modules.uniform import UniformEmbeddingProvider
 from recdim.train.distributed import build_optimizer, init_distributed, shard_model
 from recdim.modules.table_init import init_tables
 from tests.dist_utils import run_ranks
+
+pytestmark = pytest.mark.multiprocess  # the module's one test runs on 1 and 2 gloo ranks
 
 CASES = [("table_wise", "rowwise_adagrad"), ("column_wise", "sgd"), ("table_wise", "adam")]
 BATCH, STEPS = 8, 4

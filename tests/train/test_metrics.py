@@ -142,6 +142,7 @@ def _worker(rank: int, world: int, port: int, out_dir: str) -> None:
         dist.destroy_process_group()
 
 
+@pytest.mark.multiprocess
 def test_gather_two_gloo_ranks_unequal_lengths() -> None:
     world = 2
     with tempfile.TemporaryDirectory() as out_dir:

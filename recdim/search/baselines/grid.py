@@ -4,7 +4,10 @@ from __future__ import annotations
 
 from typing import List, Mapping, Optional, Sequence
 
-from recdim.layout.dims import ALIGN, budget_for_cr
+import numpy as np
+
+from recdim.layout.dims import ALIGN, DimAssignment, budget_for_cr
+from recdim.search.method import BaselineMethod
 
 
 def grid_dims(
@@ -50,3 +53,17 @@ def grid_dims(
 def grid_methods(dims: Sequence[int]) -> List[str]:
     """Run names of grid candidates: ``["ue@4", "ue@8", ...]``."""
     return [f"ue@{d}" for d in dims]
+
+
+class GridMethod(BaselineMethod):
+    """Grid search: one ``ue@<d>`` run per dimension of ``baseline.grid`` that fits K and the budget; the
+    comparison trains each and keeps the best on validation."""
+
+    name = "grid"
+
+    def candidates(self, num_embeddings: Mapping[str, int], cr: float) -> List[str]:
+        return grid_methods(grid_dims(num_embeddings, self.cfg.model.embedding_dim, self.cfg.search.baseline.grid, cr))
+
+    def assign(self, counts: Mapping[str, np.ndarray], cr: float, arg: Optional[int] = None) -> DimAssignment:
+        raise ValueError("'grid' is a search over several runs; expand it with candidates() first")
+

@@ -29,14 +29,15 @@ What this implementation does differently from the public DLRM code (``md_solver
 
 from __future__ import annotations
 
-from typing import Mapping
+from typing import Mapping, Optional
 
 import numpy as np
 
-from recdim.layout.dims import DimAssignment, projections_for, segment_dims_to_rows, segment_sizes
+from recdim.layout.dims import DimAssignment, budget_for_cr, projections_for, segment_dims_to_rows, segment_sizes
 from recdim.search.baselines.scaling import NearestMultiple, NearestPowerOfTwo, Rounding, fit_scale
 from recdim.search.baselines.segments import block_segments, segment_popularity
-from recdim.layout.blocks import BlockPlan
+from recdim.layout.blocks import BlockPlan, make_block_plan
+from recdim.search.method import BaselineMethod
 
 
 def mde_dims(
@@ -98,3 +99,16 @@ def mde_dims(
 def mde_rounding(pow2: bool) -> Rounding:
     """:class:`NearestPowerOfTwo` when ``pow2``, else :class:`NearestMultiple` of 4."""
     return NearestPowerOfTwo() if pow2 else NearestMultiple()
+
+
+class MDEMethod(BaselineMethod):
+    """MDE: the power rule on the frequency blocks of ``baseline``, with learned projections to K."""
+
+    name = "mde"
+
+    def assign(self, counts: Mapping[str, np.ndarray], cr: float, arg: Optional[int] = None) -> DimAssignment:
+        b, K = self.cfg.search.baseline, self.cfg.model.embedding_dim
+        budget = budget_for_cr({f: len(c) for f, c in counts.items()}, K, cr)
+        plan = make_block_plan(b.blocking, counts, b.num_blocks)
+        return mde_dims(counts, plan, K, budget, b.mde_alpha, mde_rounding(b.mde_pow2), b.mde_min_dim)
+

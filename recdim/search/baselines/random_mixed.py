@@ -12,12 +12,15 @@ to the blocks furthest below their scaled target, wherever the budget and the de
 
 from __future__ import annotations
 
+from typing import List, Mapping, Optional
+
 import numpy as np
 
-from recdim.layout.dims import DimAssignment, segment_dims_to_rows
+from recdim.layout.dims import DimAssignment, budget_for_cr, segment_dims_to_rows
 from recdim.search.baselines.scaling import NearestMultiple, fit_scale
 from recdim.search.baselines.segments import block_segments
-from recdim.layout.blocks import BlockPlan
+from recdim.layout.blocks import BlockPlan, make_block_plan
+from recdim.search.method import BaselineMethod
 
 
 def random_shape(plan: BlockPlan, embedding_dim: int, rng: np.random.Generator) -> np.ndarray:
@@ -119,3 +122,22 @@ def random_mixed_dims(
             "num_blocks": plan.num_blocks,
         },
     )
+
+
+class RandomMethod(BaselineMethod):
+    """Random search: ``random`` expands into ``random@0 .. random@<N-1>`` (``baseline.random_samples``),
+    each one sample of :func:`random_mixed_dims` on the frequency blocks of ``baseline``."""
+
+    name = "random"
+
+    def candidates(self, num_embeddings: Mapping[str, int], cr: float) -> List[str]:
+        return [f"random@{i}" for i in range(self.cfg.search.baseline.random_samples)]
+
+    def assign(self, counts: Mapping[str, np.ndarray], cr: float, arg: Optional[int] = None) -> DimAssignment:
+        if arg is None:
+            raise ValueError("'random' is a search over several runs; expand it with candidates() first")
+        b, K = self.cfg.search.baseline, self.cfg.model.embedding_dim
+        budget = budget_for_cr({f: len(c) for f, c in counts.items()}, K, cr)
+        plan = make_block_plan(b.blocking, counts, b.num_blocks)
+        return random_mixed_dims(plan, K, budget, b.random_seed, arg, b.random_min_dim)
+

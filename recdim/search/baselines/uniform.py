@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
-from typing import Mapping
+from typing import Mapping, Optional
+
+import numpy as np
 
 import torch
 
 from recdim.layout.dims import ALIGN, DimAssignment, budget_for_cr
 from recdim.search.baselines.scaling import largest_uniform_dim
+from recdim.search.method import BaselineMethod
 
 
 def uniform_dims(num_embeddings: Mapping[str, int], dim: int, embedding_dim: int) -> DimAssignment:
@@ -63,3 +66,29 @@ def uniform_for_cr(num_embeddings: Mapping[str, int], embedding_dim: int, cr: fl
     """UE at the largest dimension that meets ``cr`` (method ``ue``)."""
     a = uniform_dims(num_embeddings, uniform_dim_for_cr(num_embeddings, embedding_dim, cr), embedding_dim)
     return DimAssignment(a.dims, embedding_dim, method="ue", info={**a.info, "target_cr": cr})
+
+
+class UniformMethod(BaselineMethod):
+    """UE: ``ue`` takes ``baseline.ue_dim`` (0: the largest dimension that meets the budget), ``ue@<d>``
+    dimension d, which must fit the budget.
+
+    Example::
+
+        UniformMethod(cfg).assign({"user": ds.counts("user")}, 4.0, arg=8).params
+    """
+
+    name = "ue"
+
+    def assign(self, counts: Mapping[str, np.ndarray], cr: float, arg: Optional[int] = None) -> DimAssignment:
+        num = {f: len(c) for f, c in counts.items()}
+        K = self.cfg.model.embedding_dim
+        dim = arg if arg is not None else self.cfg.search.baseline.ue_dim
+        if not dim:
+            return uniform_for_cr(num, K, cr)
+        a = uniform_dims(num, dim, K)
+        budget = budget_for_cr(num, K, cr)
+        if a.params > budget:
+            name = f"ue@{dim}" if arg is not None else "ue"
+            raise ValueError(f"{name}: {a.params:,} parameters exceed the budget of {budget:,} at CR {cr:g}")
+        return a
+

@@ -3,7 +3,7 @@
 The baselines of :mod:`recdim.search.baselines` assign dimensions without training; MDE's layout needs
 learnable ``[d_b, K]`` projections, which the tier tables have no place for, so its run trains a
 :class:`~recdim.modules.mixed_dim.MixedDimensionProvider` from a fresh initialisation (tables by
-``init_tables``, projections from the build seed) and reports what :func:`recdim.prune.retrain.run_retrain`
+``init_tables``, projections from the build seed) and reports what :func:`recdim.retrain.tiers.run_retrain`
 reports.
 """
 
@@ -18,7 +18,7 @@ from recdim.config import Config
 from recdim.modules.mixed_dim import DimBlock, MixedDimensionProvider, blocks_from_assignment, mixed_dim_provider_factory
 from recdim.layout.dims import DimAssignment
 from recdim.train.model_io import save_model
-from recdim.train.results import write_json
+from recdim.fsio import write_json
 from recdim.train.run import Session, open_session, train_and_evaluate
 
 LAYOUT_FILE = "layout.json"
