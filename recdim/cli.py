@@ -102,11 +102,11 @@ def cmd_inspect(cfg: Config, args: argparse.Namespace) -> int:
 
 def cmd_compare(cfg: Config, args: argparse.Namespace) -> int:
     """methods x arches x budgets x seeds, resumable; writes compare.md / .json / .png."""
-    from recdim.compare.report import write_report
+    from recdim.compare.report import write_compare_report
     from recdim.compare.runner import run_compare
 
     if args.report_only:
-        paths = write_report(Path(args.out or cfg.compare.output), cfg.compare.methods, cfg.compare.arches)
+        paths = write_compare_report(Path(args.out or cfg.compare.output), cfg.compare.methods, cfg.compare.arches)
         print(f"report: {paths['markdown']}")
         return 0
     s = run_compare(cfg, out_dir=args.out)

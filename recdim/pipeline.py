@@ -19,7 +19,7 @@ from typing import Any, Dict, List, Optional
 import torch.distributed as dist
 
 from recdim.config import Config
-from recdim.report import write_report
+from recdim.report import write_pipeline_report
 
 def _done(run_dir: Path) -> Optional[Dict[str, Any]]:
     p = run_dir / "results.json"
@@ -94,7 +94,7 @@ def run_pipeline(cfg: Config, out: Path, config_path: Optional[str] = None, over
     pruned = prune_stage(cfg, config_path, list(overrides), out / "search", out / "pruned")
     retrained = [_done(out / f"retrain-{d.name}") or run_retrain(cfg, d, out / f"retrain-{d.name}", after=[export_step()])
                  for d in pruned]
-    report = write_report(out, cfg, uniform, search, retrained, time.perf_counter() - t0)
+    report = write_pipeline_report(out, cfg, uniform, search, retrained, time.perf_counter() - t0)
     return report
 
 

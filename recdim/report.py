@@ -23,7 +23,7 @@ def _row(name: str, res: Dict[str, Any], uniform_bytes: int, uniform_params: int
     }
 
 
-def write_report(out: Path, cfg: Config, uniform: Dict[str, Any], search: Dict[str, Any], retrained: Sequence[Dict[str, Any]], wall_s: float) -> Dict[str, Any]:
+def write_pipeline_report(out: Path, cfg: Config, uniform: Dict[str, Any], search: Dict[str, Any], retrained: Sequence[Dict[str, Any]], wall_s: float) -> Dict[str, Any]:
     """Writes ``report.json`` and ``report.md`` under ``out`` and returns the JSON.
 
     Compression rates are against the uniform model's embedding parameters and bytes as stored (tier

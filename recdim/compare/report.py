@@ -216,7 +216,7 @@ def plot_metric_vs_bytes(rows: Sequence[Mapping[str, Any]], path: Union[str, Pat
     return path
 
 
-def write_report(out_dir: Union[str, Path], method_order: Sequence[str] = (),
+def write_compare_report(out_dir: Union[str, Path], method_order: Sequence[str] = (),
                  arch_order: Sequence[str] = ()) -> Dict[str, Path]:
     """Writes ``compare.json``, ``compare.md`` and ``compare.png`` into ``out_dir``.
 
@@ -230,7 +230,7 @@ def write_report(out_dir: Union[str, Path], method_order: Sequence[str] = (),
 
     Example::
 
-        paths = write_report("runs/compare", method_order=("ue", "mde", "dnis"))
+        paths = write_compare_report("runs/compare", method_order=("ue", "mde", "dnis"))
     """
     from recdim.fsio import write_json
 

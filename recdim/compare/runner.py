@@ -28,7 +28,7 @@ from tqdm import tqdm
 
 from recdim.config.compare import CompareConfig
 from recdim.compare.grid import Cell, cell_config, config_echo, expand_grid
-from recdim.compare.report import write_report
+from recdim.compare.report import write_compare_report
 from recdim.compare.select import choose_best, selection_record
 from recdim.config.baseline import BaselineConfig
 from recdim.search.baselines.methods import candidate_methods
@@ -51,7 +51,7 @@ class CompareSummary:
         ran: cells run now.
         skipped: cells already finished (resumed past).
         failed: ``run_id: error`` of cells that failed now.
-        report: paths :func:`recdim.compare.report.write_report` wrote.
+        report: paths :func:`recdim.compare.report.write_compare_report` wrote.
     """
 
     out_dir: Path
@@ -254,5 +254,5 @@ def run_compare(
             bar.update(1)
     finally:
         bar.close()
-    summary.report = write_report(out, method_order=compare.methods, arch_order=compare.arches)
+    summary.report = write_compare_report(out, method_order=compare.methods, arch_order=compare.arches)
     return summary

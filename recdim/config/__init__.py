@@ -11,7 +11,7 @@ Example::
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal, Optional, Tuple
+from typing import Literal, Optional, Tuple, get_args
 
 from recdim.config_io import ConfigError, load_config  # noqa: F401  (re-exported)
 from recdim.config.compare import CompareConfig
@@ -21,7 +21,8 @@ from recdim.config.dnis import DNISConfig
 from recdim.config.methods import entry
 from recdim.config.pep import PEPConfig
 
-ARCHES = ("dlrm", "deepfm", "fm", "wide_deep", "mf", "mlp", "neumf")
+Arch = Literal["dlrm", "deepfm", "fm", "wide_deep", "mf", "mlp", "neumf"]
+ARCHES: Tuple[str, ...] = get_args(Arch)
 
 
 @dataclass(frozen=True)
@@ -158,7 +159,7 @@ class ModelConfig:
         pooling: ``sum`` or ``mean`` pooling of multi-valued bags.
     """
 
-    arch: Literal["dlrm", "deepfm", "fm", "wide_deep", "mf", "mlp", "neumf"] = "dlrm"
+    arch: Arch = "dlrm"
     embedding_dim: int = 16
     mlp: Tuple[int, ...] = (64, 32)
     bottom_mlp: Tuple[int, ...] = (32,)

@@ -18,7 +18,7 @@ from recdim.config import ModelConfig
 from recdim.data.schema import LabelKind, Schema
 from recdim.export.artifact import Artifact, read_artifact, write_artifact
 from recdim.models.rec_model import RecModel
-from recdim.modules.compressed import TieredEmbeddingProvider
+from recdim.modules.tiered import TieredEmbeddingProvider
 from recdim.layout.tier_plan import TablePlan
 from recdim.layout.tier_values import tier_values
 

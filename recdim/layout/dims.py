@@ -15,28 +15,10 @@ import numpy as np
 import torch
 
 from recdim.layout.masks import kept_for_cr, row_dims_to_masks  # noqa: F401  (re-exported)
+from recdim.layout.segment import Segment  # noqa: F401  (re-exported)
 
 ALIGN = 4
 BYTES_PER_VALUE = 4  # float32
-
-
-@dataclass(frozen=True)
-class Segment:
-    """A contiguous id range ``[start, stop)`` of one feature that shares one dimension.
-
-    Args:
-        feature: the feature.
-        start: first id.
-        stop: one past the last id.
-    """
-
-    feature: str
-    start: int
-    stop: int
-
-    @property
-    def rows(self) -> int:
-        return self.stop - self.start
 
 
 @dataclass(frozen=True)

@@ -34,7 +34,8 @@ from torchrec.sparse.jagged_tensor import KeyedJaggedTensor, KeyedTensor
 
 from recdim.config import ModelConfig
 from recdim.layout.mixed_dim_blocks import (  # noqa: F401  (re-exported)
-    DimBlock,
+    BlockRouting,
+    Segment,
     block_key,
     blocks_from_assignment,
     check_blocks,
@@ -77,8 +78,8 @@ class MixedDimensionProvider(EmbeddingProvider):
 
     Example::
 
-        blocks = [DimBlock("user", 0, 100, 16), DimBlock("user", 100, 944, 4, projected=True),
-                  DimBlock("item", 0, 1683, 8, projected=True)]
+        blocks = [Segment("user", 0, 100, 16), Segment("user", 100, 944, 4, projected=True),
+                  Segment("item", 0, 1683, 8, projected=True)]
         provider = MixedDimensionProvider({"user": 944, "item": 1683}, 16, blocks)
         kt = provider(kjt)        # [B, 2 * 16]; tables t_user__b0 [100, 16], t_user__b1 [844, 4], ...
     """
@@ -87,7 +88,7 @@ class MixedDimensionProvider(EmbeddingProvider):
         self,
         num_embeddings: Dict[str, int],
         embedding_dim: int,
-        blocks: Sequence[DimBlock],
+        blocks: Sequence[Segment],
         pooling: str = "sum",
         is_weighted: bool = False,
         device: Optional[torch.device] = None,
@@ -99,64 +100,37 @@ class MixedDimensionProvider(EmbeddingProvider):
         self.pooling = pooling
         self.is_weighted = is_weighted
         K = embedding_dim
-        features = list(num_embeddings)
         buf_device = device if device is not None and device.type != "meta" else torch.device("cpu")
 
-        # Non-empty blocks in (feature, id) order; slots (EBC keys) for the ones with a table.
-        self.blocks: List[DimBlock] = [b for f in features for b in blocks if b.feature == f and b.rows > 0]
-        self._keys: List[str] = []  # per block, its KJT key
-        seen: Dict[str, int] = {}
-        for b in self.blocks:
-            self._keys.append(block_key(b.feature, seen.get(b.feature, 0)))
-            seen[b.feature] = seen.get(b.feature, 0) + 1
-        stored = [i for i, b in enumerate(self.blocks) if b.dim > 0]
-        self._slot_keys = [self._keys[i] for i in stored]
+        r = BlockRouting.build(blocks, num_embeddings)
+        self.blocks: List[Segment] = r.blocks  # non-empty, in (feature, id) order
+        self._keys: List[str] = r.keys  # per block, its KJT key
+        self._slot_keys = r.slot_keys
         self.tables: List[EmbeddingBagConfig] = [
-            EmbeddingBagConfig(name=table_name(self._keys[i]), embedding_dim=self.blocks[i].dim,
-                               num_embeddings=self.blocks[i].rows, feature_names=[self._keys[i]], pooling=PoolingType.SUM)
-            for i in stored
+            EmbeddingBagConfig(name=table_name(r.keys[i]), embedding_dim=r.blocks[i].dim,
+                               num_embeddings=r.blocks[i].rows, feature_names=[r.keys[i]], pooling=PoolingType.SUM)
+            for i in r.stored
         ]
-
-        # Projections of width d stacked in one [n_d, d, K] parameter. Lifting reads rows of the lift
-        # matrix R = [every projection's rows; I_K]: slot s's d_s rows are its projection's, or the
-        # first d_s rows of I_K (as is / zero padding).
-        widths = sorted({self.blocks[i].dim for i in stored if self.blocks[i].projected})
+        # Projections of width d stacked in one [n_d, d, K] parameter (ascending d, so that they draw the
+        # same values from the global RNG); lifting reads rows r.lift_rows of [every projection's rows; I_K].
         self.projections = nn.ParameterDict()
         self._proj_index: Dict[str, Tuple[str, int]] = {}  # block key -> (width key, position)
-        lift_rows: List[List[int]] = [[] for _ in stored]
-        base = 0
-        for d in widths:
-            slots = [s for s, i in enumerate(stored) if self.blocks[i].dim == d and self.blocks[i].projected]
+        for d in r.widths:
+            slots = r.projected_slots[d]
             bound = (6.0 / (d + K)) ** 0.5
             self.projections[f"w{d}"] = nn.Parameter(torch.empty(len(slots), d, K, device=buf_device).uniform_(-bound, bound))
             for k, slot in enumerate(slots):
                 self._proj_index[self._slot_keys[slot]] = (f"w{d}", k)
-                lift_rows[slot] = list(range(base + k * d, base + (k + 1) * d))
-            base += len(slots) * d
-        for slot, i in enumerate(stored):
-            if not self.blocks[i].projected:
-                lift_rows[slot] = list(range(base, base + self.blocks[i].dim))
-        self._lift_rows = lift_rows
+        self._lift_rows = r.lift_rows
         self.register_buffer("_eye", torch.eye(K, device=buf_device), persistent=False)
-        fidx = {f: i for i, f in enumerate(features)}
-        self._slot_feature = [fidx[self.blocks[i].feature] for i in stored]
+        self._slot_feature = r.slot_feature
         # After the projections: they draw the same values whatever device the tables are built on.
-        self.ebc = EmbeddingBagCollection(tables=self.tables, is_weighted=is_weighted, device=device) if stored else None
-
+        self.ebc = EmbeddingBagCollection(tables=self.tables, is_weighted=is_weighted, device=device) if r.stored else None
         # Global id (feature offset + id) -> block by one searchsorted over block starts.
-        offsets = [0]
-        for f in features:
-            offsets.append(offsets[-1] + int(num_embeddings[f]))
-        slot_of_block = [-1] * len(self.blocks)
-        for s, i in enumerate(stored):
-            slot_of_block[i] = s
-        starts = [offsets[fidx[b.feature]] + b.start for b in self.blocks]
-        self._drops = len(stored) < len(self.blocks)
-        as_buffer = lambda name, v: self.register_buffer(  # noqa: E731
-            name, torch.tensor(v, dtype=torch.int64, device=buf_device), persistent=False)
-        as_buffer("_feature_offsets", offsets[:-1])
-        as_buffer("_block_starts", starts)
-        as_buffer("_slot_of_block", slot_of_block)
+        self._drops = r.drops
+        for name, values in (("_feature_offsets", r.feature_offsets), ("_block_starts", r.block_starts),
+                             ("_slot_of_block", r.slot_of_block)):
+            self.register_buffer(name, torch.tensor(values, dtype=torch.int64, device=buf_device), persistent=False)
         self._layout: Optional[_Layout] = None
 
     # ----------------------------------------------------------------------------- blocks
@@ -170,7 +144,7 @@ class MixedDimensionProvider(EmbeddingProvider):
         at = self.projection_index(key)
         return None if at is None else self.projections[at[0]][at[1]]
 
-    def block_keys(self) -> List[Tuple[DimBlock, str]]:
+    def block_keys(self) -> List[Tuple[Segment, str]]:
         """``(block, key)`` of every non-empty block, in (feature, id) order."""
         return list(zip(self.blocks, self._keys))
 
@@ -295,7 +269,7 @@ class MixedDimensionProvider(EmbeddingProvider):
 
 
 def mixed_dim_provider_factory(
-    blocks: Sequence[DimBlock], embedding_dim: int
+    blocks: Sequence[Segment], embedding_dim: int
 ) -> Callable[[ModelConfig, Dict[str, int], bool, torch.device], EmbeddingProvider]:
     """A ``ProviderFactory`` (see :mod:`recdim.train.build`) building a :class:`MixedDimensionProvider`.
 

@@ -28,6 +28,7 @@ from recdim.modules.selection_paths import (  # noqa: F401  (re-exported)
 )
 from recdim.modules.uniform import table_name
 from recdim.layout.blocks import BlockPlan
+from recdim.layout.selection_routing import SelectionRouting
 
 
 @dataclass
@@ -102,7 +103,7 @@ class SoftSelectionProvider(EmbeddingProvider):
             raise ValueError(f"pooling must be 'sum' or 'mean', got {pooling!r}")
         self.plan = plan
         self.pooling = pooling
-        L, K, F = plan.num_blocks, embedding_dim, len(features)
+        L, K = plan.num_blocks, embedding_dim
         # One instance per path type, so that features on the same path form one group.
         kinds: Dict[type, SelectionPath] = {PerIdScaling: PerIdScaling()}
         for p in paths.values():
@@ -112,18 +113,10 @@ class SoftSelectionProvider(EmbeddingProvider):
             raise ValueError("at most one non-pooled selection path type per provider")
 
         # EBC keys first (pooled paths, feature order), then EC keys: the slots of the routed KJT.
-        pooled_f = [f for f in features if self.paths[f].pooled]
-        seq_f = [f for f in features if not self.paths[f].pooled]
-        slot_start: Dict[str, int] = {}
-        self._ebc_keys: List[str] = []
-        for f in pooled_f:
-            slot_start[f] = len(self._ebc_keys)
-            self._ebc_keys += self.paths[f].keys(f, L)
-        for j, f in enumerate(seq_f):
-            slot_start[f] = len(self._ebc_keys) + j
+        r = SelectionRouting.build(plan, self.paths)
+        pooled_f, seq_f = r.pooled_features, r.seq_features
+        self._ebc_keys: List[str] = r.ebc_keys
         self._seq_features = seq_f
-        slot_of_block = [slot_start[f] + k for f in features for k in self.paths[f].key_of_block(L)]
-        row_of_block = [plan.alpha_row_offset(f) + b for f in features for b in range(L)]
 
         self.tables: List[EmbeddingBagConfig] = [
             EmbeddingBagConfig(
@@ -144,23 +137,12 @@ class SoftSelectionProvider(EmbeddingProvider):
         self.alpha = nn.Parameter(torch.ones(plan.num_alpha_rows, K, device=alpha_device))
 
         # Global id (feature offset + id) -> virtual (feature, block) by one searchsorted over block starts.
-        offsets, starts = [0], []
-        for bounds in plan.boundaries:
-            starts += [offsets[-1] + b for b in bounds[:-1]]
-            offsets.append(offsets[-1] + bounds[-1])
-        self.register_buffer("_feature_offsets", torch.tensor(offsets[:-1], dtype=torch.int64), persistent=False)
-        self.register_buffer("_block_starts", torch.tensor(starts, dtype=torch.int64), persistent=False)
-        self.register_buffer("_slot_of_block", torch.tensor(slot_of_block, dtype=torch.int64), persistent=False)
-        self.register_buffer("_row_of_block", torch.tensor(row_of_block, dtype=torch.int64), persistent=False)
-
+        for name, values in (("_feature_offsets", r.feature_offsets), ("_block_starts", r.block_starts),
+                             ("_slot_of_block", r.slot_of_block), ("_row_of_block", r.row_of_block)):
+            self.register_buffer(name, torch.tensor(values, dtype=torch.int64), persistent=False)
         # Groups: (path, feature indices, EBC slots); output order restored by self._inverse.
-        self._groups: List[Tuple[SelectionPath, List[int], List[int]]] = []
-        for path in dict.fromkeys(self.paths[f] for f in features):
-            idx = [i for i, f in enumerate(features) if self.paths[f] is path]
-            slots = [s for i in idx for s in range(slot_start[features[i]], slot_start[features[i]] + len(path.keys(features[i], L)))]
-            self._groups.append((path, idx, slots if path.pooled else []))
-        order = [i for _, idx, _ in self._groups for i in idx]
-        self._inverse = [order.index(i) for i in range(F)]
+        self._groups: List[Tuple[SelectionPath, List[int], List[int]]] = r.groups
+        self._inverse = r.inverse
         self._kt_index: Optional[Tuple[Tuple[str, ...], Optional[List[int]]]] = None
 
     def arch_parameters(self) -> List[nn.Parameter]:

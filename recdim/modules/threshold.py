@@ -74,20 +74,22 @@ from torchrec.modules.embedding_modules import EmbeddingBagCollection, Embedding
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor, KeyedTensor
 
 from recdim.modules.provider import EmbeddingProvider
-from recdim.modules.threshold_granularity import (  # noqa: F401  (re-exported)
+from recdim.modules.soft_threshold import (  # noqa: F401  (re-exported)
     GATES,
     NEG_GATE_GRADS,
+    Gate,
+    fast_soft_threshold,
+    paired_soft_threshold,
+    soft_threshold,
+)
+from recdim.modules.threshold_granularity import (  # noqa: F401  (re-exported)
     ColumnRange,
     DimensionThreshold,
     FeatureDimensionThreshold,
     FeatureThreshold,
-    Gate,
     GlobalThreshold,
     Thresholds,
-    fast_soft_threshold,
     make_thresholds,
-    paired_soft_threshold,
-    soft_threshold,
 )
 from recdim.modules.uniform import table_name
 

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from recdim.config import Config
-from recdim.modules.mixed_dim import DimBlock, MixedDimensionProvider, blocks_from_assignment, mixed_dim_provider_factory
+from recdim.modules.mixed_dim import Segment, MixedDimensionProvider, blocks_from_assignment, mixed_dim_provider_factory
 from recdim.layout.dims import DimAssignment
 from recdim.train.model_io import save_model
 from recdim.fsio import write_json
@@ -24,7 +24,7 @@ from recdim.train.run import Session, open_session, train_and_evaluate
 LAYOUT_FILE = "layout.json"
 
 
-def mixed_dim_session(cfg: Config, blocks: Sequence[DimBlock], out_dir: Optional[Path]) -> Session:
+def mixed_dim_session(cfg: Config, blocks: Sequence[Segment], out_dir: Optional[Path]) -> Session:
     """A training session whose provider is a :class:`MixedDimensionProvider` over ``blocks`` (fresh,
     deterministic initialisation; sharded like any model).
 
@@ -41,16 +41,16 @@ def mixed_dim_session(cfg: Config, blocks: Sequence[DimBlock], out_dir: Optional
     return open_session(cfg, mixed_dim_provider_factory(blocks, cfg.model.embedding_dim), out_dir=out_dir)
 
 
-def write_layout(path: Path, assignment: DimAssignment, blocks: Sequence[DimBlock]) -> None:
+def write_layout(path: Path, assignment: DimAssignment, blocks: Sequence[Segment]) -> None:
     """Writes the blocks a saved model needs to be rebuilt (``layout.json``)."""
     write_json(path, {"method": assignment.method, "embedding_dim": assignment.embedding_dim,
                       "blocks": [b.to_json() for b in blocks]})
 
 
-def read_layout(run_dir: Path) -> Tuple[List[DimBlock], Dict[str, Any]]:
+def read_layout(run_dir: Path) -> Tuple[List[Segment], Dict[str, Any]]:
     """The blocks of a :func:`run_retrain_dims` run, and the rest of its ``layout.json``."""
     data = json.loads((Path(run_dir) / LAYOUT_FILE).read_text())
-    return [DimBlock.from_json(b) for b in data.pop("blocks")], data
+    return [Segment.from_json(b) for b in data.pop("blocks")], data
 
 
 def run_retrain_dims(cfg: Config, assignment: DimAssignment, out_dir: Path) -> Dict[str, Any]:

@@ -16,7 +16,7 @@ from recdim.data.prepared import PreparedDataset
 from recdim.data.schema import FieldKind
 from recdim.fsio import write_json
 from recdim.layout.tier_plan import TablePlan
-from recdim.modules.compressed import tiered_provider_factory
+from recdim.modules.tiered import tiered_provider_factory
 from recdim.modules.table_init import init_tables
 from recdim.prune.planner import plan_tables
 from recdim.prune.store import StoredPruned, plan_bytes, planner_from_json, read_pruned

@@ -17,7 +17,7 @@ from recdim.export.inspect import format_summary, summarize
 from recdim.export.serving import export_masked, export_model, load_serving_model
 from recdim.models.factory import build_arch
 from recdim.models.rec_model import RecModel
-from recdim.modules.compressed import TieredEmbeddingProvider
+from recdim.modules.tiered import TieredEmbeddingProvider
 from recdim.prune.planner import PlannerConfig, plan_tables
 
 K = 8

@@ -12,7 +12,7 @@ import torch
 from torchrec import KeyedJaggedTensor, KeyedTensor
 
 from recdim.config import ModelConfig, TrainConfig
-from recdim.modules.mixed_dim import DimBlock, MixedDimensionProvider, blocks_from_assignment, mixed_dim_provider_factory
+from recdim.modules.mixed_dim import Segment, MixedDimensionProvider, blocks_from_assignment, mixed_dim_provider_factory
 from recdim.modules.uniform import table_name
 from recdim.layout.dims import DimAssignment, Projection, budget_for_cr
 from recdim.search.baselines.mde import mde_dims
@@ -48,7 +48,7 @@ def assignment() -> DimAssignment:
     return DimAssignment(dims, K, method="mde", projections=tuple(projs))
 
 
-def blocks() -> List[DimBlock]:
+def blocks() -> List[Segment]:
     return blocks_from_assignment(assignment())
 
 
@@ -77,7 +77,7 @@ def make_kjt(bags, rows: slice, weights=None) -> KeyedJaggedTensor:
     )
 
 
-def keyed_blocks(bl: List[DimBlock]):
+def keyed_blocks(bl: List[Segment]):
     """``(block, key)`` in provider order (``<f>__b<j>``, j over f's non-empty blocks)."""
     out, seen = [], {}
     for b in bl:
@@ -134,7 +134,7 @@ def test_layout_from_assignment_params_and_bytes():
     with pytest.raises(ValueError, match="tile"):
         MixedDimensionProvider(NUM, K, bl[1:], device=torch.device("cpu"))
     with pytest.raises(ValueError, match="only a width in"):
-        MixedDimensionProvider({"x": 4}, K, [DimBlock("x", 0, 4, 8, True)], device=torch.device("cpu"))
+        MixedDimensionProvider({"x": 4}, K, [Segment("x", 0, 4, 8, True)], device=torch.device("cpu"))
 
 
 def test_mde_assignment_builds_a_provider_with_its_parameters():

@@ -4,7 +4,7 @@ uniform table's initialisation under the mask."""
 import torch
 
 from recdim.layout.tier_values import tier_values
-from recdim.modules.compressed import TieredEmbeddingProvider
+from recdim.modules.tiered import TieredEmbeddingProvider
 from recdim.modules.table_init import init_tables
 from recdim.modules.uniform import UniformEmbeddingProvider
 from recdim.prune.planner import PlannerConfig, plan_tables

@@ -7,7 +7,7 @@ import torch
 from torchrec import KeyedJaggedTensor
 
 from recdim.config import ModelConfig, TrainConfig
-from recdim.modules.compressed import TieredEmbeddingProvider, tiered_provider_factory
+from recdim.modules.tiered import TieredEmbeddingProvider, tiered_provider_factory
 from recdim.retrain.tier_weights import gather_tier_values, write_tier_tables
 from recdim.layout.tier_plan import DenseRemap, RunRemap
 from recdim.prune.planner import PlannerConfig, plan_tables

@@ -28,16 +28,19 @@ from torchrec.sparse.jagged_tensor import KeyedJaggedTensor, KeyedTensor
 from recdim.config import ModelConfig
 from recdim.modules.provider import EmbeddingProvider
 from recdim.modules.remap import remap_lookup
-from recdim.layout.tier_plan import TablePlan, TierPlan, smallest_int_dtype
+from recdim.layout.tier_plan import TablePlan, TierPlan
+from recdim.layout.tier_routing import TierRouting
 from recdim.layout.tier_values import masked_table, tier_values
 
-# Routes of a tier.
-POOLED, PER_ID = 0, 1
 
 
-def _route(tier: TierPlan, multi_valued: bool) -> int:
-    """Shared-map tiers of multi-valued features pool in the EBC; everything else goes per id."""
-    return POOLED if tier.shared and multi_valued else PER_ID
+def _per_id_collection(tiers: Sequence[TierPlan], width: int, device: Optional[torch.device]) -> EmbeddingCollection:
+    """One EmbeddingCollection holding the per-id tiers of one width."""
+    return EmbeddingCollection(
+        tables=[EmbeddingConfig(name=t.name, embedding_dim=width, num_embeddings=t.num_rows, feature_names=[t.feature_name])
+                for t in tiers],
+        device=device,
+    )
 
 
 class TieredEmbeddingProvider(EmbeddingProvider):
@@ -93,68 +96,27 @@ class TieredEmbeddingProvider(EmbeddingProvider):
         self.pooling = pooling
         self.is_weighted = is_weighted
         buf_device = device if device is not None and device.type != "meta" else torch.device("cpu")
-        multi = set(multi_valued)
 
-        # Global tier list [(feature index, tier, route)]. Slots: the EBC's pooled tiers, then one EC per
-        # width, so every per-id segment is a contiguous slot range of one width.
-        tiers = [(fi, t, _route(t, p.feature in multi)) for fi, p in enumerate(self.plans) for t in p.tiers]
-        self._tiers = tiers
-        pooled = [g for g, (_, _, r) in enumerate(tiers) if r == POOLED]
-        widths = sorted({t.width for _, t, r in tiers if r == PER_ID})
-        per_id = {w: [g for g, (_, t, r) in enumerate(tiers) if r == PER_ID and t.width == w] for w in widths}
-        self._slot_order: List[int] = pooled + [g for w in widths for g in per_id[w]]  # slot -> global tier
-        self._num_ebc_slots = len(pooled)
-        self._segments: List[Tuple[int, int, int]] = []  # (first slot, end slot, width) per EC
-        lo = len(pooled)
-        for w in widths:
-            self._segments.append((lo, lo + len(per_id[w]), w))
-            lo += len(per_id[w])
-        self._ebc_keys = [tiers[g][1].feature_name for g in pooled]
+        r = TierRouting.build(self.plans, set(multi_valued), self._embedding_dim)
+        self._tiers = r.tiers
+        self._slot_order: List[int] = r.slot_order  # slot -> global tier
+        self._num_ebc_slots = r.num_pooled
+        self._segments: List[Tuple[int, int, int]] = r.segments  # (first slot, end slot, width) per EC
+        self._ebc_keys = r.keys(r.pooled)
+        self._ec_keys = {w: r.keys(r.per_id[w]) for w in r.widths}
         self.ebc: Optional[EmbeddingBagCollection] = None
-        if pooled:
+        if r.pooled:
             self.ebc = EmbeddingBagCollection(
-                tables=[tiers[g][1].embedding_bag_config() for g in pooled], is_weighted=is_weighted, device=device
+                tables=[r.tiers[g][1].embedding_bag_config() for g in r.pooled], is_weighted=is_weighted, device=device
             )
-        self.ecs = nn.ModuleDict({
-            f"w{w}": EmbeddingCollection(
-                tables=[EmbeddingConfig(name=tiers[g][1].name, embedding_dim=w, num_embeddings=tiers[g][1].num_rows,
-                                        feature_names=[tiers[g][1].feature_name]) for g in per_id[w]],
-                device=device,
-            )
-            for w in widths
-        })
-        self._ec_keys = {w: [tiers[g][1].feature_name for g in per_id[w]] for w in widths}
-
+        self.ecs = nn.ModuleDict({f"w{w}": _per_id_collection([r.tiers[g][1] for g in r.per_id[w]], w, device) for w in r.widths})
         self.remaps = nn.ModuleList([remap_lookup(p.remap, buf_device) for p in self.plans])
-        row_base, starts = [0], [0]
-        for p in self.plans:
-            row_base.append(row_base[-1] + p.kept_rows)
-            starts += [row_base[-2] + o for o in p.tier_offsets[1:]]
-        slot_of_tier = [0] * len(tiers)
-        for s, g in enumerate(self._slot_order):
-            slot_of_tier[g] = s
-        as_buffer = lambda name, values: self.register_buffer(  # noqa: E731
-            name, torch.tensor(values, dtype=torch.int64, device=buf_device), persistent=False)
-        as_buffer("_row_base", row_base[:-1])
-        as_buffer("_tier_starts", starts)
-        as_buffer("_slot_of_tier", slot_of_tier)
-        as_buffer("_tier_feature", [fi for fi, _, _ in tiers])
-        # Column maps of per-id tiers, one buffer per width (same dtype and entries as planned, padding
-        # -1 written as K, the sink column): a per-row tier's map rows start at map_base and advance
-        # with the local row (stride 1); a shared map is a single row (stride 0).
-        base, stride = [0] * len(tiers), [0] * len(tiers)
-        K = self._embedding_dim  # (K = 128 with int8 maps: the sink K needs int16 at run time)
-        for w in widths:
-            maps, n = [], 0
-            for g in per_id[w]:
-                t = tiers[g][1]
-                base[g], stride[g] = n, 0 if t.shared else 1
-                cmap = t.column_map.view(-1, w).to(torch.promote_types(t.column_map.dtype, smallest_int_dtype(0, K)))
-                maps.append(cmap.masked_fill(cmap < 0, K))
-                n += maps[-1].size(0)
-            self.register_buffer(f"_maps_w{w}", torch.cat(maps).to(buf_device), persistent=False)
-        as_buffer("_map_base", base)
-        as_buffer("_map_stride", stride)
+        index = {"_row_base": r.row_base, "_tier_starts": r.tier_starts, "_slot_of_tier": r.slot_of_tier,
+                 "_tier_feature": r.tier_feature, "_map_base": r.map_base, "_map_stride": r.map_stride}
+        for name, values in index.items():
+            self.register_buffer(name, torch.tensor(values, dtype=torch.int64, device=buf_device), persistent=False)
+        for w, maps in r.maps.items():  # per-id column maps, one buffer per width
+            self.register_buffer(f"_maps_w{w}", maps.to(buf_device), persistent=False)
         self._ebc_index: Optional[Tuple[Tuple[str, ...], torch.Tensor]] = None
 
     @classmethod

@@ -1,0 +1,130 @@
+"""The soft threshold S(V, t) = sign(V) * relu(|V| - t) of PEP, and its fused forms.
+
+:func:`soft_threshold` is the definition (any gate). For the gates with a known derivative (sigmoid, exp:
+non-negative thresholds), :func:`fast_soft_threshold` and :func:`paired_soft_threshold` (thresholds stored
+beside the values, ``[V0, s0, V1, s1, ...]``) give the same values and sub-gradients from a few float
+passes, without the zero-filled and boolean temporaries autograd's composite makes (on CPU these passes
+cost as much as the pooled lookup they follow).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Dict, Optional, Tuple
+
+import torch
+
+Gate = Callable[[torch.Tensor], torch.Tensor]
+
+GATES: Dict[str, Gate] = {"sigmoid": torch.sigmoid, "exp": torch.exp}
+
+def soft_threshold(values: torch.Tensor, threshold: torch.Tensor) -> torch.Tensor:
+    """S(V, t) = sign(V) * relu(|V| - t), elementwise with broadcasting.
+
+    Args:
+        values: V, [..., K].
+        threshold: t = g(s), broadcastable to V.
+
+    Returns:
+        Tensor: V's shape; zero wherever |V| <= t.
+
+    Example::
+
+        soft_threshold(torch.tensor([[0.5, -0.05]]), torch.tensor(0.1))   # [[0.4, 0.0]]
+    """
+    return torch.sign(values) * torch.relu(values.abs() - threshold)
+
+
+# Gates with a known derivative: gate -> ((t, -t) -> -g'(x)), the negated derivative written in terms of
+# the gate's output t = g(x) (and -t, which the fused forward has at hand). Both gates are non-negative,
+# which the fused soft threshold needs.
+NEG_GATE_GRADS: Dict[Gate, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = {
+    torch.sigmoid: lambda t, neg_t: neg_t.addcmul_(t, t),  # t^2 - t = -t (1 - t); -t is not needed after
+    torch.exp: lambda t, neg_t: neg_t,
+}
+
+
+def _fused_forward(values: torch.Tensor, threshold: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(S, sign(S), -t)`` for t >= 0: ``S = V - clamp(V, -t, t)`` holds the same values as
+    sign(V) relu(|V| - t), and sign(S) is sign(V) where |V| > t, 0 elsewhere, so it carries both the mask
+    and the sign of the sub-gradient (float ops only: no boolean temporaries)."""
+    neg_threshold = torch.neg(threshold)
+    clamped = torch.clamp(values, neg_threshold, threshold)
+    out = torch.sub(values, clamped, out=clamped)  # in place of the temporary: one row-sized buffer less
+    return out, torch.sign(out), neg_threshold
+
+
+class _SoftThreshold(torch.autograd.Function):
+    """S(V, t) for t >= 0 with the sub-gradient written out: with d = sign(S),
+    dS/dV = 1[|V| > t] = d^2 and dS/dt = -sign(V) 1[|V| > t] = -d."""
+
+    @staticmethod
+    def forward(ctx: Any, values: torch.Tensor, threshold: torch.Tensor) -> torch.Tensor:
+        out, kept_sign, _ = _fused_forward(values, threshold)
+        ctx.threshold_shape = threshold.shape
+        ctx.save_for_backward(kept_sign)
+        return out
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> Tuple[Optional[torch.Tensor], Optional[torch.Tensor]]:
+        (kept_sign,) = ctx.saved_tensors
+        signed = grad * kept_sign
+        grad_threshold = signed.sum_to_size(ctx.threshold_shape).neg() if ctx.needs_input_grad[1] else None
+        return signed * kept_sign, grad_threshold
+
+
+class _PairedSoftThreshold(torch.autograd.Function):
+    """S(V, g(s + offset)) of interleaved rows ``[..., (V, s) * K]``; the gradient is built as one interleaved
+    tensor (slicing V and s apart under autograd would zero-fill and add two row-sized tensors):
+    dS/dV = d^2, dS/ds = -d g'(s + offset) with d = sign(S)."""
+
+    @staticmethod
+    def forward(ctx: Any, rows: torch.Tensor, offset: torch.Tensor, gate: Gate) -> torch.Tensor:
+        pairs = rows.reshape(*rows.shape[:-1], -1, 2)
+        threshold = gate(torch.add(pairs[..., 1], offset))
+        out, kept_sign, neg_threshold = _fused_forward(pairs[..., 0], threshold)
+        ctx.save_for_backward(kept_sign, NEG_GATE_GRADS[gate](threshold, neg_threshold))
+        return out
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> Tuple[Optional[torch.Tensor], None, None]:
+        kept_sign, neg_slope = ctx.saved_tensors
+        signed = grad * kept_sign
+        grad_values = signed * kept_sign
+        grad_s = signed.mul_(neg_slope)  # signed is not needed after
+        if grad.dtype in (torch.float32, torch.float64):
+            # torch.complex packs (real, imag) pairs: the interleaved [..., K, 2] layout in one fast pass
+            pairs = torch.view_as_real(torch.complex(grad_values, grad_s))
+        else:
+            pairs = torch.stack([grad_values, grad_s], dim=-1)
+        return pairs.reshape(*kept_sign.shape[:-1], -1), None, None
+
+
+def fast_soft_threshold(values: torch.Tensor, threshold: torch.Tensor) -> torch.Tensor:
+    """:func:`soft_threshold` for non-negative thresholds (e.g. from a gate in :data:`NEG_GATE_GRADS`): the
+    same values and sub-gradients, in fewer passes over [..., K].
+
+    Example::
+
+        fast_soft_threshold(v, torch.sigmoid(s))    # == soft_threshold(v, torch.sigmoid(s))
+    """
+    return _SoftThreshold.apply(values, threshold)
+
+
+def paired_soft_threshold(rows: torch.Tensor, offset: torch.Tensor, gate: Gate) -> torch.Tensor:
+    """S(V, g(s + offset)) of rows holding K interleaved (value, threshold) pairs.
+
+    Args:
+        rows: [..., 2K], ``[V0, s0, V1, s1, ...]`` (contiguous in the last dim).
+        offset: added to every s (a scalar tensor, not trained).
+        gate: g, one of :data:`NEG_GATE_GRADS`.
+
+    Returns:
+        Tensor: [..., K].
+
+    Example::
+
+        out = paired_soft_threshold(ebc_rows.view(B, G, 2 * K), provider.threshold_offset, torch.sigmoid)
+    """
+    if gate not in NEG_GATE_GRADS:
+        raise ValueError(f"paired_soft_threshold needs a gate with a known derivative ({list(NEG_GATE_GRADS)}), got {gate}")
+    return _PairedSoftThreshold.apply(rows, offset, gate)
