@@ -39,7 +39,7 @@ import torch
 from torchrec import KeyedJaggedTensor
 
 from recdim.config import TrainConfig
-from recdim.modules.compressed import TieredEmbeddingProvider
+from recdim.modules.tiered import TieredEmbeddingProvider
 from recdim.modules.provider import EmbeddingProvider
 from recdim.modules.uniform import UniformEmbeddingProvider, table_name
 from recdim.layout.tier_plan import TablePlan

@@ -48,7 +48,7 @@ def _worker(args: argparse.Namespace) -> None:
     from lookup_throughput import CRITEO_CARDINALITIES, Net, id_batches, make_mask
 
     from recdim.config import TrainConfig
-    from recdim.modules.compressed import TieredEmbeddingProvider
+    from recdim.modules.tiered import TieredEmbeddingProvider
     from recdim.modules.uniform import UniformEmbeddingProvider, table_name
     from recdim.prune.planner import PlannerConfig, plan_table
     from recdim.train.distributed import build_optimizer, init_distributed, shard_model
