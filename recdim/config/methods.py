@@ -53,6 +53,8 @@ METHODS: Dict[str, MethodEntry] = _entries(
     MethodEntry("autosrh", "recdim.search.dnis:AutoSrhMethod", "search", help="the same search, AutoSrh's name"),
     MethodEntry("pep", "recdim.search.pep:PEPMethod", "search", help="learnable soft thresholds (PEP)"),
     MethodEntry("autodim", "recdim.search.autodim:AutoDimMethod", "search", help="per-field candidate dims (AutoDim)"),
+    MethodEntry("magnitude", "recdim.search.magnitude:MagnitudeMethod", "search",
+                help="magnitude pruning of the trained uniform table"),
     MethodEntry("ue", "recdim.search.baselines.uniform:UniformMethod", "baseline", arg="dimension",
                 help="uniform embedding"),
     MethodEntry("grid", "recdim.search.baselines.grid:GridMethod", "baseline", help="grid search over uniform dims"),

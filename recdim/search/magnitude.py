@@ -1,0 +1,50 @@
+"""Magnitude pruning of the trained uniform table (the "network pruning" comparison of DNIS, Fig. 3c).
+
+The "search" trains the plain K-wide model; pruning keeps the entries with the largest ``|w|`` over all
+tables at each budget (exactly the kept count the budget allows, as DNIS's pruning of ``e ⊙ alpha``), and
+retraining fine-tunes the kept entries from their trained values and the trained arch (``prune.init =
+"fresh"`` starts over instead). One trained model serves every budget.
+"""
+
+from __future__ import annotations
+
+from typing import List, Sequence
+
+from recdim.config import PruneConfig
+from recdim.data.prepared import PreparedDataset
+from recdim.layout.masks import magnitude_masks, mask_stats
+from recdim.layout.pruned import PrunedModel
+from recdim.modules.uniform import table_name
+from recdim.search.method import SearchedModel, SearchMethod
+from recdim.train.build import ProviderFactory, uniform_provider
+
+
+class MagnitudeMethod(SearchMethod):
+    """Trains the uniform table, prunes it by ``|w|``.
+
+    Args:
+        cfg: the experiment config (the model's own ``model`` and ``train`` sections; no search section).
+
+    Example::
+
+        results = run_search(cfg, Path("runs/magnitude"), method="magnitude")
+        pruned = derive(cfg, Path("runs/magnitude"))     # one PrunedModel per prune.crs
+    """
+
+    name = "magnitude"
+    budget_free = True
+
+    def provider_factory(self, dataset: PreparedDataset, features: Sequence[str]) -> ProviderFactory:
+        return uniform_provider
+
+    def derive(self, searched: SearchedModel, prune: PruneConfig) -> List[PrunedModel]:
+        tables = {f: searched.tables[table_name(f)] for f in searched.features}
+        budgets = [("eps", prune.eps)] if prune.eps > 0 else [("cr", c) for c in prune.crs]
+        fresh = prune.init == "fresh"
+        out = []
+        for kind, b in budgets:
+            masks = magnitude_masks(tables, cr=b) if kind == "cr" else magnitude_masks(tables, eps=b)
+            out.append(PrunedModel(self.name, mask_stats(masks)["cr"], masks, None if fresh else tables,
+                                   None if fresh else searched.arch_state,
+                                   {kind: b, "init": "fresh" if fresh else "trained uniform values"}))
+        return out
