@@ -7,7 +7,7 @@ FBGEMM_PACKAGE ?= fbgemm-gpu-cpu==1.8.0
 TORCHREC_VERSION ?= 1.8.0
 PYTEST_ARGS ?=
 
-.PHONY: env demo test test-fast bench clean
+.PHONY: env demo test test-fast lint bench clean
 
 env: $(VENV)/.installed
 
@@ -29,6 +29,10 @@ test: env
 
 test-fast: env
 	OMP_NUM_THREADS=1 $(PY) -m pytest -q -m "not slow and not multiprocess" $(PYTEST_ARGS)
+
+lint: env
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
 
 bench: env
 	$(VENV)/bin/recdim bench --name train_throughput --out bench-out

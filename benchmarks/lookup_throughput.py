@@ -39,15 +39,41 @@ import torch
 from torchrec import KeyedJaggedTensor
 
 from recdim.config import TrainConfig
-from recdim.modules.tiered import TieredEmbeddingProvider
-from recdim.modules.provider import EmbeddingProvider
-from recdim.modules.uniform import UniformEmbeddingProvider, table_name
 from recdim.layout.tier_plan import TablePlan
+from recdim.modules.provider import EmbeddingProvider
+from recdim.modules.tiered import TieredEmbeddingProvider
+from recdim.modules.uniform import UniformEmbeddingProvider, table_name
 from recdim.prune.planner import PlannerConfig, plan_table
 from recdim.train.distributed import init_distributed, shard_model
 
-CRITEO_CARDINALITIES = [1460, 583, 10131227, 2202608, 305, 24, 12517, 633, 3, 93145, 5683, 8351593, 3194, 27,
-                        14992, 5461306, 10, 5652, 2173, 4, 7046547, 18, 15, 286181, 105, 142572]
+CRITEO_CARDINALITIES = [
+    1460,
+    583,
+    10131227,
+    2202608,
+    305,
+    24,
+    12517,
+    633,
+    3,
+    93145,
+    5683,
+    8351593,
+    3194,
+    27,
+    14992,
+    5461306,
+    10,
+    5652,
+    2173,
+    4,
+    7046547,
+    18,
+    15,
+    286181,
+    105,
+    142572,
+]
 
 
 def kept_dims(n: int, K: int, rate: float) -> torch.Tensor:
@@ -89,7 +115,11 @@ def id_batches(sizes: Dict[str, int], B: int, count: int, g: torch.Generator) ->
     out = []
     for _ in range(count):
         ids = torch.cat([torch.multinomial(p, B, replacement=True, generator=g) for p in probs.values()])
-        out.append(KeyedJaggedTensor.from_lengths_sync(keys=list(sizes), values=ids, lengths=torch.ones(len(sizes) * B, dtype=torch.int32)))
+        out.append(
+            KeyedJaggedTensor.from_lengths_sync(
+                keys=list(sizes), values=ids, lengths=torch.ones(len(sizes) * B, dtype=torch.int32)
+            )
+        )
     return out
 
 
@@ -112,6 +142,7 @@ def bytes_read(kjt: KeyedJaggedTensor, plans: List[TablePlan], K: int) -> int:
 def measure(dmp: torch.nn.Module, batches: List[KeyedJaggedTensor], warmup: int, backward: bool) -> Tuple[float, float]:
     """Median wall seconds and median process CPU seconds per batch (medians, and CPU time, resist other
     processes sharing the cores)."""
+
     def step(kjt: KeyedJaggedTensor) -> None:
         if backward:
             dmp(kjt).square().mean().backward()
@@ -138,7 +169,9 @@ def main() -> None:
     ap.add_argument("--patterns", nargs="+", default=["blocks", "elementwise"])
     ap.add_argument("--max-rows", type=int, default=100_000)
     ap.add_argument("--max-tiers", type=int, default=4)
-    ap.add_argument("--widths", type=int, nargs="*", default=[], help="tier width palette (default: all multiples of 4)")
+    ap.add_argument(
+        "--widths", type=int, nargs="*", default=[], help="tier width palette (default: all multiples of 4)"
+    )
     ap.add_argument("--no-uniform", action="store_true", help="skip the uniform baselines")
     ap.add_argument("--batch-size", type=int, default=2048)
     ap.add_argument("--steps", type=int, default=20)
@@ -162,8 +195,15 @@ def main() -> None:
         if kind == "uniform":
             provider: EmbeddingProvider = UniformEmbeddingProvider(sizes, K, device=torch.device("meta"))
         else:
-            plans = [plan_table(make_mask(n, K, rate, pattern, g), table_name(f), f, PlannerConfig(args.max_tiers, tuple(args.widths)))
-                     for f, n in sizes.items()]
+            plans = [
+                plan_table(
+                    make_mask(n, K, rate, pattern, g),
+                    table_name(f),
+                    f,
+                    PlannerConfig(args.max_tiers, tuple(args.widths)),
+                )
+                for f, n in sizes.items()
+            ]
             provider = TieredEmbeddingProvider(plans, device=torch.device("meta"))
         plan_s = time.perf_counter() - t0
         dmp = shard_model(Net(provider), cfg, ctx)
@@ -172,20 +212,43 @@ def main() -> None:
             sec, cpu = measure(dmp, batches, args.warmup, backward=mode == "fwd_bwd")
             per_kind = {}
             if plans:
-                per_kind = {k: sum(getattr(p.bytes(), k) for p in plans) for k in ("values", "column_maps", "remap", "floor", "csr")}
+                per_kind = {
+                    k: sum(getattr(p.bytes(), k) for p in plans)
+                    for k in ("values", "column_maps", "remap", "floor", "csr")
+                }
             row = {
-                "bench": "lookup_throughput", "provider": kind, "embedding_dim": K, "pattern": pattern, "rate": rate,
-                "mode": mode, "batch_size": args.batch_size, "tables": len(sizes), "rows": sum(sizes.values()),
-                "max_tiers": args.max_tiers if plans else None, "widths": args.widths if plans else None,
+                "bench": "lookup_throughput",
+                "provider": kind,
+                "embedding_dim": K,
+                "pattern": pattern,
+                "rate": rate,
+                "mode": mode,
+                "batch_size": args.batch_size,
+                "tables": len(sizes),
+                "rows": sum(sizes.values()),
+                "max_tiers": args.max_tiers if plans else None,
+                "widths": args.widths if plans else None,
                 "tier_modules": len(getattr(provider, "ecs", ())) + (getattr(provider, "ebc", None) is not None),
                 "tiers": sum(len(p.tiers) for p in plans) if plans else len(sizes),
                 "per_row_tiers": sum(not t.shared for p in plans for t in p.tiers),
-                "step_ms": 1000 * sec, "lookups_per_s": lookups / sec, "effective_gb_per_s": read / sec / 1e9,
-                "cpu_step_ms": 1000 * cpu, "lookups_per_cpu_s": lookups / cpu, "effective_gb_per_cpu_s": read / cpu / 1e9,
-                "embedding_bytes": provider.embedding_bytes(), "uniform_bytes": sum(sizes.values()) * K * 4,
-                "bytes_by_kind": per_kind, "mean_kept_dims": float(sum(int(p.kept_dims().sum()) for p in plans) / sum(sizes.values())) if plans else K,
-                "plan_s": plan_s, "threads": torch.get_num_threads(), "cpus": os.cpu_count(), "host": platform.node(),
-                "torch": torch.__version__, "world_size": ctx.world_size,
+                "step_ms": 1000 * sec,
+                "lookups_per_s": lookups / sec,
+                "effective_gb_per_s": read / sec / 1e9,
+                "cpu_step_ms": 1000 * cpu,
+                "lookups_per_cpu_s": lookups / cpu,
+                "effective_gb_per_cpu_s": read / cpu / 1e9,
+                "embedding_bytes": provider.embedding_bytes(),
+                "uniform_bytes": sum(sizes.values()) * K * 4,
+                "bytes_by_kind": per_kind,
+                "mean_kept_dims": float(sum(int(p.kept_dims().sum()) for p in plans) / sum(sizes.values()))
+                if plans
+                else K,
+                "plan_s": plan_s,
+                "threads": torch.get_num_threads(),
+                "cpus": os.cpu_count(),
+                "host": platform.node(),
+                "torch": torch.__version__,
+                "world_size": ctx.world_size,
             }
             print(json.dumps({k: v for k, v in row.items() if k not in ("host", "torch", "bytes_by_kind")}), flush=True)
             with open(args.out, "a") as fh:

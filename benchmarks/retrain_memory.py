@@ -48,11 +48,11 @@ def _worker(args: argparse.Namespace) -> None:
     from lookup_throughput import CRITEO_CARDINALITIES, Net, id_batches, make_mask
 
     from recdim.config import TrainConfig
+    from recdim.modules.table_init import init_tables
     from recdim.modules.tiered import TieredEmbeddingProvider
     from recdim.modules.uniform import UniformEmbeddingProvider, table_name
     from recdim.prune.planner import PlannerConfig, plan_table
     from recdim.train.distributed import build_optimizer, init_distributed, shard_model
-    from recdim.modules.table_init import init_tables
 
     torch.set_num_threads(1)
     K = args.dim
@@ -64,7 +64,10 @@ def _worker(args: argparse.Namespace) -> None:
     if args.provider == "uniform":
         provider = UniformEmbeddingProvider(sizes, K, device=torch.device("meta"))
     else:
-        plans = [plan_table(make_mask(n, K, args.rate, "blocks", g), table_name(f), f, PlannerConfig(max_tiers=4)) for f, n in sizes.items()]
+        plans = [
+            plan_table(make_mask(n, K, args.rate, "blocks", g), table_name(f), f, PlannerConfig(max_tiers=4))
+            for f, n in sizes.items()
+        ]
         provider = TieredEmbeddingProvider(plans, device=torch.device("meta"))
     cfg = TrainConfig(device="cpu", embedding_optimizer="rowwise_adagrad", embedding_lr=0.05)
     dmp = shard_model(Net(provider), cfg, ctx)
@@ -80,13 +83,27 @@ def _worker(args: argparse.Namespace) -> None:
         dmp(kjt).square().mean().backward()
         opt.step()
     step_ms = 1000 * (time.perf_counter() - t0) / args.steps
-    print(json.dumps({
-        "bench": "retrain_memory", "provider": args.provider, "rate": args.rate if args.provider != "uniform" else 1.0,
-        "embedding_dim": K, "rows": sum(sizes.values()), "batch_size": args.batch_size, "steps": args.steps,
-        "step_ms": step_ms, "peak_rss_bytes": _rss(), "model_rss_bytes": _rss() - before,
-        "embedding_params": provider.embedding_params(), "embedding_bytes": provider.embedding_bytes(),
-        "host": platform.node(), "cpus": os.cpu_count(), "torch": torch.__version__,
-    }))
+    print(
+        json.dumps(
+            {
+                "bench": "retrain_memory",
+                "provider": args.provider,
+                "rate": args.rate if args.provider != "uniform" else 1.0,
+                "embedding_dim": K,
+                "rows": sum(sizes.values()),
+                "batch_size": args.batch_size,
+                "steps": args.steps,
+                "step_ms": step_ms,
+                "peak_rss_bytes": _rss(),
+                "model_rss_bytes": _rss() - before,
+                "embedding_params": provider.embedding_params(),
+                "embedding_bytes": provider.embedding_bytes(),
+                "host": platform.node(),
+                "cpus": os.cpu_count(),
+                "torch": torch.__version__,
+            }
+        )
+    )
 
 
 def main(argv: List[str] | None = None) -> None:
@@ -107,16 +124,34 @@ def main(argv: List[str] | None = None) -> None:
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     runs = [("uniform", 1.0)] + [("tiered", r) for r in args.rates]
     for provider, rate in runs:
-        cmd = [sys.executable, __file__, "--worker", "--provider", provider, "--rate", str(rate), "--dim", str(args.dim),
-               "--max-rows", str(args.max_rows), "--batch-size", str(args.batch_size), "--steps", str(args.steps)]
+        cmd = [
+            sys.executable,
+            __file__,
+            "--worker",
+            "--provider",
+            provider,
+            "--rate",
+            str(rate),
+            "--dim",
+            str(args.dim),
+            "--max-rows",
+            str(args.max_rows),
+            "--batch-size",
+            str(args.batch_size),
+            "--steps",
+            str(args.steps),
+        ]
         proc = subprocess.run(cmd, capture_output=True, text=True, env=dict(os.environ, OMP_NUM_THREADS="1"))
         if proc.returncode:
             raise RuntimeError(f"{provider} {rate} failed:\n{proc.stderr[-3000:]}")
-        row = json.loads([l for l in proc.stdout.splitlines() if l.startswith("{")][-1])
+        row = json.loads([line for line in proc.stdout.splitlines() if line.startswith("{")][-1])
         with open(args.out, "a") as fh:
             fh.write(json.dumps(row) + "\n")
-        print(f"{provider:8s} rate {rate:4.1f}: peak RSS {row['peak_rss_bytes'] / 2**20:7.0f} MiB (model {row['model_rss_bytes'] / 2**20:6.0f} MiB), "
-              f"embedding bytes {row['embedding_bytes'] / 2**20:6.1f} MiB, step {row['step_ms']:.1f} ms")
+        print(
+            f"{provider:8s} rate {rate:4.1f}: peak RSS {row['peak_rss_bytes'] / 2**20:7.0f} MiB "
+            f"(model {row['model_rss_bytes'] / 2**20:6.0f} MiB), "
+            f"embedding bytes {row['embedding_bytes'] / 2**20:6.1f} MiB, step {row['step_ms']:.1f} ms"
+        )
 
 
 if __name__ == "__main__":

@@ -36,8 +36,17 @@ def _worker(args: argparse.Namespace) -> None:
     from recdim.train.run import open_session
 
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
-    cfg = load(args.config, (f"data.path={args.data}", f"model.arch={args.arch}", f"train.batch_size={args.batch_size}",
-                             "train.progress=false", "train.device=cpu", *args.set))
+    cfg = load(
+        args.config,
+        (
+            f"data.path={args.data}",
+            f"model.arch={args.arch}",
+            f"train.batch_size={args.batch_size}",
+            "train.progress=false",
+            "train.device=cpu",
+            *args.set,
+        ),
+    )
     if args.method == "uniform":
         session = open_session(cfg)
     else:
@@ -70,12 +79,21 @@ def _worker(args: argparse.Namespace) -> None:
         step()
     elapsed = time.perf_counter() - t0
     row = {
-        "bench": "search_overhead", "method": args.method, "arch": args.arch, "batch_size": args.batch_size,
-        "steps": args.steps, "step_ms": 1000 * elapsed / args.steps,
+        "bench": "search_overhead",
+        "method": args.method,
+        "arch": args.arch,
+        "batch_size": args.batch_size,
+        "steps": args.steps,
+        "step_ms": 1000 * elapsed / args.steps,
         "samples_per_s": args.steps * args.batch_size / elapsed,
-        **peak_memory(), "embedding_params": session.model.provider.embedding_params(),
-        "embedding_bytes": session.model.provider.embedding_bytes(), "dataset": str(args.data),
-        "host": platform.node(), "cpus": os.cpu_count(), "threads": torch.get_num_threads(), "torch": torch.__version__,
+        **peak_memory(),
+        "embedding_params": session.model.provider.embedding_params(),
+        "embedding_bytes": session.model.provider.embedding_bytes(),
+        "dataset": str(args.data),
+        "host": platform.node(),
+        "cpus": os.cpu_count(),
+        "threads": torch.get_num_threads(),
+        "torch": torch.__version__,
     }
     print(json.dumps(row))
 
@@ -110,15 +128,32 @@ def main(argv: List[str] | None = None) -> None:
     for arch in args.arches:
         base = None
         for method in args.methods:
-            cmd = [sys.executable, __file__, "--worker", "--config", args.config, "--data", args.data, "--arch", arch,
-                   "--method", method, "--batch-size", str(args.batch_size), "--steps", str(args.steps), "--warmup", str(args.warmup)]
+            cmd = [
+                sys.executable,
+                __file__,
+                "--worker",
+                "--config",
+                args.config,
+                "--data",
+                args.data,
+                "--arch",
+                arch,
+                "--method",
+                method,
+                "--batch-size",
+                str(args.batch_size),
+                "--steps",
+                str(args.steps),
+                "--warmup",
+                str(args.warmup),
+            ]
             for s in args.set:
                 cmd += ["--set", s]
             env = dict(os.environ, OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "1"))
             proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
             if proc.returncode:
                 raise RuntimeError(f"{arch} {method} failed:\n{proc.stderr[-3000:]}")
-            row = json.loads([l for l in proc.stdout.splitlines() if l.startswith("{")][-1])
+            row = json.loads([line for line in proc.stdout.splitlines() if line.startswith("{")][-1])
             if method == "uniform":
                 base = row
             if base is not None:
@@ -126,8 +161,11 @@ def main(argv: List[str] | None = None) -> None:
                 row["peak_rss_ratio"] = row["peak_rss_bytes"] / base["peak_rss_bytes"]
             with open(args.out, "a") as fh:
                 fh.write(json.dumps(row) + "\n")
-            print(f"{arch:8s} {method:8s} step {row['step_ms']:7.2f} ms  overhead {row.get('overhead', float('nan')):.2f}x  "
-                  f"peak RSS {row['peak_rss_bytes'] / 2**20:.0f} MiB")
+            print(
+                f"{arch:8s} {method:8s} step {row['step_ms']:7.2f} ms  "
+                f"overhead {row.get('overhead', float('nan')):.2f}x  "
+                f"peak RSS {row['peak_rss_bytes'] / 2**20:.0f} MiB"
+            )
 
 
 if __name__ == "__main__":

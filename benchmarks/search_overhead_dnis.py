@@ -31,9 +31,9 @@ import torch
 
 
 def _provider(kind: str, num: Dict[str, int], args: argparse.Namespace) -> torch.nn.Module:
+    from recdim.layout.blocks import per_table_blocks
     from recdim.modules.soft_selection import BlockSplitPooling, SequenceScaling, SoftSelectionProvider
     from recdim.modules.uniform import UniformEmbeddingProvider
-    from recdim.layout.blocks import per_table_blocks
 
     meta = torch.device("meta")
     if kind == "uniform":
@@ -71,19 +71,25 @@ def _batches(num: Dict[str, int], args: argparse.Namespace, count: int):
     for _ in range(count):
         values, lengths = [], []
         for n in num.values():
-            ln = torch.ones(args.batch, dtype=torch.int32) if args.bag == 1 else torch.randint(0, 2 * args.bag, (args.batch,), generator=g, dtype=torch.int32)
+            ln = (
+                torch.ones(args.batch, dtype=torch.int32)
+                if args.bag == 1
+                else torch.randint(0, 2 * args.bag, (args.batch,), generator=g, dtype=torch.int32)
+            )
             # Zipf-like ids: frequent ids are small, as in prepared data.
             ids = (torch.rand(int(ln.sum()), generator=g) ** 3 * n).long().clamp_(max=n - 1)
             values.append(ids)
             lengths.append(ln)
-        out.append(KeyedJaggedTensor.from_lengths_sync(keys=list(num), values=torch.cat(values), lengths=torch.cat(lengths)))
+        out.append(
+            KeyedJaggedTensor.from_lengths_sync(keys=list(num), values=torch.cat(values), lengths=torch.cat(lengths))
+        )
     return out
 
 
 def _worker(args: argparse.Namespace) -> None:
     from recdim.config import TrainConfig
-    from recdim.train.distributed import init_distributed, shard_model
     from recdim.modules.table_init import init_tables
+    from recdim.train.distributed import init_distributed, shard_model
     from recdim.train.memory import peak_memory
 
     torch.set_num_threads(args.threads)
@@ -149,9 +155,16 @@ def main(argv: List[str]) -> None:
         _worker(args)
         return
     os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
-    common = [f"--{k}={getattr(args, k)}" for k in ("features", "rows", "dim", "blocks", "blocking", "batch", "steps", "warmup", "threads")]
+    common = [
+        f"--{k}={getattr(args, k)}"
+        for k in ("features", "rows", "dim", "blocks", "blocking", "batch", "steps", "warmup", "threads")
+    ]
     for bag in args.bags:
-        for kind in ("uniform", "soft_per_id", "soft_split", "soft_sequence") if bag == 1 else ("uniform", "soft_split", "soft_sequence"):
+        for kind in (
+            ("uniform", "soft_per_id", "soft_split", "soft_sequence")
+            if bag == 1
+            else ("uniform", "soft_split", "soft_sequence")
+        ):
             cmd = [sys.executable, __file__, "--worker", f"--provider={kind}", f"--bag={bag}", *common]
             env = dict(os.environ, OMP_NUM_THREADS=str(args.threads))
             res = subprocess.run(cmd, capture_output=True, text=True, env=env)
@@ -161,7 +174,9 @@ def main(argv: List[str]) -> None:
             with open(args.out, "a") as fh:
                 fh.write(rows[0] + "\n")
             row = json.loads(rows[0])
-            print(f"bag={bag} {kind:12s} step {row['step_ms']:8.2f} ms  peak RSS {row['peak_rss_bytes'] / 2**20:7.1f} MiB")
+            print(
+                f"bag={bag} {kind:12s} step {row['step_ms']:8.2f} ms  peak RSS {row['peak_rss_bytes'] / 2**20:7.1f} MiB"
+            )
 
 
 if __name__ == "__main__":

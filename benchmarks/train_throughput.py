@@ -33,8 +33,14 @@ def _worker(args: argparse.Namespace) -> None:
     from recdim.train.memory import peak_memory
     from recdim.train.run import open_session
 
-    overrides = [f"data.path={args.data}", f"train.batch_size={args.batch_size}", f"train.sharding={args.sharding}",
-                 "train.progress=false", f"train.device={args.device}", *args.set]
+    overrides = [
+        f"data.path={args.data}",
+        f"train.batch_size={args.batch_size}",
+        f"train.sharding={args.sharding}",
+        "train.progress=false",
+        f"train.device={args.device}",
+        *args.set,
+    ]
     cfg = load(args.config, tuple(overrides))
     s = open_session(cfg)
     trainer, loader = s.trainer, s.train_loader
@@ -110,13 +116,36 @@ def main(argv: List[str] | None = None) -> None:
         if not (Path(args.data) / "meta.json").exists():
             prepare(cfg.prepare)
     for world in args.worlds:
-        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={world}", __file__, "--worker",
-               "--config", args.config, "--data", args.data, "--out", args.out, "--sharding", args.sharding,
-               "--batch-size", str(args.batch_size), "--steps", str(args.steps), "--warmup", str(args.warmup),
-               "--device", args.device]
+        cmd = [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            f"--nproc_per_node={world}",
+            __file__,
+            "--worker",
+            "--config",
+            args.config,
+            "--data",
+            args.data,
+            "--out",
+            args.out,
+            "--sharding",
+            args.sharding,
+            "--batch-size",
+            str(args.batch_size),
+            "--steps",
+            str(args.steps),
+            "--warmup",
+            str(args.warmup),
+            "--device",
+            args.device,
+        ]
         for s in args.set:
             cmd += ["--set", s]
-        env = dict(os.environ, OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 2) // world))))
+        env = dict(
+            os.environ, OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 2) // world)))
+        )
         subprocess.run(cmd, check=True, env=env)
 
 

@@ -173,7 +173,25 @@ def train(
     rdzv_port: int = 29500,
 ) -> specs.AppDef:
     """``recdim train``: the uniform-dimension baseline, sharded over nnodes x nproc_per_node processes."""
-    return recdim_app("train", config, out, list(overrides), nnodes, nproc_per_node, image, name, h, cpu, gpu, memMB, max_restarts, max_retries, env, mounts, rdzv_port)
+    return recdim_app(
+        "train",
+        config,
+        out,
+        list(overrides),
+        nnodes,
+        nproc_per_node,
+        image,
+        name,
+        h,
+        cpu,
+        gpu,
+        memMB,
+        max_restarts,
+        max_retries,
+        env,
+        mounts,
+        rdzv_port,
+    )
 
 
 @_job_args_doc
@@ -196,7 +214,25 @@ def search(
     rdzv_port: int = 29500,
 ) -> specs.AppDef:
     """``recdim search``: learn per-feature embedding dimensions (method from search.method)."""
-    return recdim_app("search", config, out, list(overrides), nnodes, nproc_per_node, image, name, h, cpu, gpu, memMB, max_restarts, max_retries, env, mounts, rdzv_port)
+    return recdim_app(
+        "search",
+        config,
+        out,
+        list(overrides),
+        nnodes,
+        nproc_per_node,
+        image,
+        name,
+        h,
+        cpu,
+        gpu,
+        memMB,
+        max_restarts,
+        max_retries,
+        env,
+        mounts,
+        rdzv_port,
+    )
 
 
 @_from_run_doc("the pruned model directory to retrain (recdim prune output, e.g. runs/pruned/cr-4)")
@@ -221,7 +257,26 @@ def retrain(
     rdzv_port: int = 29500,
 ) -> specs.AppDef:
     """``recdim retrain``: retrain a pruned model on its tier tables (sharded) and export it."""
-    return recdim_app("retrain", config, out, list(overrides), nnodes, nproc_per_node, image, name, h, cpu, gpu, memMB, max_restarts, max_retries, env, mounts, rdzv_port, ["--from", from_run])
+    return recdim_app(
+        "retrain",
+        config,
+        out,
+        list(overrides),
+        nnodes,
+        nproc_per_node,
+        image,
+        name,
+        h,
+        cpu,
+        gpu,
+        memMB,
+        max_restarts,
+        max_retries,
+        env,
+        mounts,
+        rdzv_port,
+        ["--from", from_run],
+    )
 
 
 @_from_run_doc("the retrain run directory to export")
@@ -246,7 +301,26 @@ def export(
     rdzv_port: int = 29500,
 ) -> specs.AppDef:
     """``recdim export``: write the compressed serving artifact (manifest + tensors) of a retrained run."""
-    return recdim_app("export", config, out, list(overrides), nnodes, nproc_per_node, image, name, h, cpu, gpu, memMB, max_restarts, max_retries, env, mounts, rdzv_port, ["--from", from_run])
+    return recdim_app(
+        "export",
+        config,
+        out,
+        list(overrides),
+        nnodes,
+        nproc_per_node,
+        image,
+        name,
+        h,
+        cpu,
+        gpu,
+        memMB,
+        max_restarts,
+        max_retries,
+        env,
+        mounts,
+        rdzv_port,
+        ["--from", from_run],
+    )
 
 
 @_arg_doc("benchmark", "the benchmark to run, a script stem in benchmarks/ such as train_throughput (--name)")
@@ -274,7 +348,26 @@ def bench(
 
     The benchmark starts its own processes; under several processes only rank 0 runs it.
     """
-    return recdim_app("bench", config, out, list(overrides), nnodes, nproc_per_node, image, name, h, cpu, gpu, memMB, max_restarts, max_retries, env, mounts, rdzv_port, ["--name", benchmark])
+    return recdim_app(
+        "bench",
+        config,
+        out,
+        list(overrides),
+        nnodes,
+        nproc_per_node,
+        image,
+        name,
+        h,
+        cpu,
+        gpu,
+        memMB,
+        max_restarts,
+        max_retries,
+        env,
+        mounts,
+        rdzv_port,
+        ["--name", benchmark],
+    )
 
 
 @_job_args_doc
@@ -297,4 +390,22 @@ def run(
     rdzv_port: int = 29500,
 ) -> specs.AppDef:
     """``recdim run``: the whole pipeline (search, prune, retrain, export) in one job."""
-    return recdim_app("run", config, out, list(overrides), nnodes, nproc_per_node, image, name, h, cpu, gpu, memMB, max_restarts, max_retries, env, mounts, rdzv_port)
+    return recdim_app(
+        "run",
+        config,
+        out,
+        list(overrides),
+        nnodes,
+        nproc_per_node,
+        image,
+        name,
+        h,
+        cpu,
+        gpu,
+        memMB,
+        max_restarts,
+        max_retries,
+        env,
+        mounts,
+        rdzv_port,
+    )

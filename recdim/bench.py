@@ -22,8 +22,19 @@ ENV_VAR = "RECDIM_BENCHMARKS"
 """Environment variable naming the benchmarks directory (overrides the search below)."""
 
 # What torchrun sets for its workers; a benchmark starts its own ranks, so it must not see them.
-_LAUNCHER_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "GROUP_RANK", "GROUP_WORLD_SIZE",
-                  "ROLE_RANK", "ROLE_NAME", "ROLE_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
+_LAUNCHER_VARS = (
+    "RANK",
+    "WORLD_SIZE",
+    "LOCAL_RANK",
+    "LOCAL_WORLD_SIZE",
+    "GROUP_RANK",
+    "GROUP_WORLD_SIZE",
+    "ROLE_RANK",
+    "ROLE_NAME",
+    "ROLE_WORLD_SIZE",
+    "MASTER_ADDR",
+    "MASTER_PORT",
+)
 _OPTION = re.compile(r"""add_argument\(\s*["'](--[\w-]+)["']""")
 
 

@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import sys
 import warnings
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, Optional, Sequence
 
 from recdim.config import Config, load
 from recdim.config.methods import names as method_names
@@ -17,8 +16,14 @@ from recdim.config_io import ConfigError
 
 def _common(p: argparse.ArgumentParser, out_default: Optional[str]) -> None:
     p.add_argument("--config", help="TOML config file (see configs/)")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a config value, e.g. --set train.epochs=3 (repeatable)")
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config value, e.g. --set train.epochs=3 (repeatable)",
+    )
     if out_default is not None:
         p.add_argument("--out", default=out_default, help=f"run directory (default: {out_default})")
 
@@ -130,7 +135,7 @@ def cmd_run(cfg: Config, args: argparse.Namespace) -> int:
     """prepare -> search -> prune -> retrain -> export -> report."""
     from recdim.pipeline import run_pipeline
 
-    report = run_pipeline(cfg, Path(args.out), args.config, args.overrides)
+    run_pipeline(cfg, Path(args.out), args.config, args.overrides)
     if _is_main():
         print((Path(args.out) / "report.md").read_text())
     return 0
@@ -147,7 +152,11 @@ COMMANDS = {
     "train": (cmd_train, "train the uniform-dimension baseline", "runs/train"),
     "search": (cmd_search, "learn embedding dimensions with a search method", "runs/search"),
     "prune": (cmd_prune, "masks at each budget from a search run (--from RUN)", "runs/pruned"),
-    "retrain": (cmd_retrain, "retrain a pruned model on its tier tables and export it (--from PRUNED/cr-X)", "runs/retrain"),
+    "retrain": (
+        cmd_retrain,
+        "retrain a pruned model on its tier tables and export it (--from PRUNED/cr-X)",
+        "runs/retrain",
+    ),
     "export": (cmd_export, "write the serving artifact of a retrain run (--from RUN)", "runs/export"),
     "predict": (cmd_predict, "score a prepared-format Parquet/CSV file with an artifact", "predictions.csv"),
     "inspect": (cmd_inspect, "per-table dims, bytes and compression of an artifact", None),
@@ -158,7 +167,9 @@ COMMANDS = {
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="recdim", description="Learn, prune and serve mixed embedding dimensions on TorchRec.")
+    parser = argparse.ArgumentParser(
+        prog="recdim", description="Learn, prune and serve mixed embedding dimensions on TorchRec."
+    )
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True)
     for name, (_, help_text, out_default) in COMMANDS.items():

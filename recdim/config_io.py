@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import dataclasses
 import enum
-import tomllib
 import types
 import typing
 from pathlib import Path
 from typing import Any, Dict, Mapping, Optional, Sequence, Type, TypeVar, Union
+
+import tomllib
 
 T = TypeVar("T")
 
@@ -71,9 +72,7 @@ def _coerce(tp: Any, value: Any, key: str, source: str) -> Any:
         try:
             return tp(value)
         except ValueError:
-            raise ConfigError(
-                f"{_where(source, key)}: {value!r} is not one of {[m.value for m in tp]}"
-            ) from None
+            raise ConfigError(f"{_where(source, key)}: {value!r} is not one of {[m.value for m in tp]}") from None
     if tp is bool:
         if not isinstance(value, bool):
             raise ConfigError(f"{_where(source, key)}: expected true/false, got {value!r}")
@@ -184,9 +183,7 @@ def load_toml(path: Union[str, Path]) -> Dict[str, Any]:
         raise ConfigError(f"{p}: {e}") from e
 
 
-def load_config(
-    cls: Type[T], path: Optional[Union[str, Path]] = None, overrides: Sequence[str] = ()
-) -> T:
+def load_config(cls: Type[T], path: Optional[Union[str, Path]] = None, overrides: Sequence[str] = ()) -> T:
     """Loads ``cls`` from a TOML file (optional) plus ``key=value`` overrides.
 
     Example::

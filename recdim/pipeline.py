@@ -21,6 +21,7 @@ import torch.distributed as dist
 from recdim.config import Config
 from recdim.report import write_pipeline_report
 
+
 def _done(run_dir: Path) -> Optional[Dict[str, Any]]:
     p = run_dir / "results.json"
     return json.loads(p.read_text()) if p.exists() else None
@@ -45,7 +46,9 @@ def ensure_prepared(cfg: Config) -> None:
     _barrier()
 
 
-def prune_stage(cfg: Config, config_path: Optional[str], overrides: List[str], search_dir: Path, out: Path) -> List[Path]:
+def prune_stage(
+    cfg: Config, config_path: Optional[str], overrides: List[str], search_dir: Path, out: Path
+) -> List[Path]:
     """Runs ``recdim prune`` (one process: it reads whole tables). Under several ranks rank 0 runs it as
     a one-process subprocess and the others wait."""
     from recdim.prune.run import run_prune
@@ -55,7 +58,22 @@ def prune_stage(cfg: Config, config_path: Optional[str], overrides: List[str], s
             run_prune(cfg, search_dir, out)
         else:
             if dist.get_rank() == 0:
-                env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT", "GROUP_RANK", "ROLE_RANK", "TORCHELASTIC_RUN_ID")}
+                env = {
+                    k: v
+                    for k, v in os.environ.items()
+                    if k
+                    not in (
+                        "RANK",
+                        "WORLD_SIZE",
+                        "LOCAL_RANK",
+                        "LOCAL_WORLD_SIZE",
+                        "MASTER_ADDR",
+                        "MASTER_PORT",
+                        "GROUP_RANK",
+                        "ROLE_RANK",
+                        "TORCHELASTIC_RUN_ID",
+                    )
+                }
                 cmd = [sys.executable, "-m", "recdim.cli", "prune", "--from", str(search_dir), "--out", str(out)]
                 if config_path:
                     cmd += ["--config", config_path]
@@ -67,7 +85,9 @@ def prune_stage(cfg: Config, config_path: Optional[str], overrides: List[str], s
     return [out / e["dir"] for e in index["pruned"]]
 
 
-def run_pipeline(cfg: Config, out: Path, config_path: Optional[str] = None, overrides: List[str] = ()) -> Dict[str, Any]:
+def run_pipeline(
+    cfg: Config, out: Path, config_path: Optional[str] = None, overrides: List[str] = ()
+) -> Dict[str, Any]:
     """The whole chain for ``cfg.search.method`` plus the uniform baseline it is measured against.
 
     Args:
@@ -92,8 +112,10 @@ def run_pipeline(cfg: Config, out: Path, config_path: Optional[str] = None, over
     uniform = _done(out / "uniform") or run_train(cfg, out / "uniform")
     search = _done(out / "search") or run_search(cfg, out / "search")
     pruned = prune_stage(cfg, config_path, list(overrides), out / "search", out / "pruned")
-    retrained = [_done(out / f"retrain-{d.name}") or run_retrain(cfg, d, out / f"retrain-{d.name}", after=[export_step()])
-                 for d in pruned]
+    retrained = [
+        _done(out / f"retrain-{d.name}") or run_retrain(cfg, d, out / f"retrain-{d.name}", after=[export_step()])
+        for d in pruned
+    ]
     report = write_pipeline_report(out, cfg, uniform, search, retrained, time.perf_counter() - t0)
     return report
 
@@ -156,11 +178,21 @@ def run_experiment(
     return _cell_result(method, cr, seed, result, search_time, dims or result["prune"].get("info", {}))
 
 
-def _cell_result(method: str, cr: float, seed: int, result: Dict[str, Any], search_time: float, dims: Dict[str, Any]) -> Dict[str, Any]:
+def _cell_result(
+    method: str, cr: float, seed: int, result: Dict[str, Any], search_time: float, dims: Dict[str, Any]
+) -> Dict[str, Any]:
     return {
-        "method": method, "cr": result["prune"]["cr"], "target_cr": cr, "seed": seed,
-        "val": result["val"], "test": result["test"], "params": result["params"], "bytes": result["bytes"],
-        "search_time_s": search_time, "retrain_time_s": result["retrain_time_s"], "dims": dims,
+        "method": method,
+        "cr": result["prune"]["cr"],
+        "target_cr": cr,
+        "seed": seed,
+        "val": result["val"],
+        "test": result["test"],
+        "params": result["params"],
+        "bytes": result["bytes"],
+        "search_time_s": search_time,
+        "retrain_time_s": result["retrain_time_s"],
+        "dims": dims,
     }
 
 
@@ -174,8 +206,8 @@ def _train_counts(cfg: Config) -> Dict[str, Any]:
 
 def _write_assignment(cfg: Config, assignment: Any, out: Path) -> Path:
     """A pruned-model directory holding a baseline's prefix dimensions (fresh initialisation)."""
-    from recdim.layout.pruned import PrunedModel
     from recdim.layout.masks import mask_stats
+    from recdim.layout.pruned import PrunedModel
     from recdim.prune.planner import PlannerConfig
     from recdim.prune.store import write_pruned
 

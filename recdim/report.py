@@ -23,7 +23,14 @@ def _row(name: str, res: Dict[str, Any], uniform_bytes: int, uniform_params: int
     }
 
 
-def write_pipeline_report(out: Path, cfg: Config, uniform: Dict[str, Any], search: Dict[str, Any], retrained: Sequence[Dict[str, Any]], wall_s: float) -> Dict[str, Any]:
+def write_pipeline_report(
+    out: Path,
+    cfg: Config,
+    uniform: Dict[str, Any],
+    search: Dict[str, Any],
+    retrained: Sequence[Dict[str, Any]],
+    wall_s: float,
+) -> Dict[str, Any]:
     """Writes ``report.json`` and ``report.md`` under ``out`` and returns the JSON.
 
     Compression rates are against the uniform model's embedding parameters and bytes as stored (tier
@@ -52,11 +59,16 @@ def write_pipeline_report(out: Path, cfg: Config, uniform: Dict[str, Any], searc
         f"Data: `{cfg.data_path}`. Search took {search['wall_time_s']:.1f} s; the whole pipeline {wall_s:.1f} s.",
         "Metrics are on the test split, read once after model selection on validation.",
         "",
-        "| model | " + " | ".join(f"test {m}" for m in metrics) + " | params | bytes | CR (params) | CR (bytes) | time (s) |",
+        "| model | "
+        + " | ".join(f"test {m}" for m in metrics)
+        + " | params | bytes | CR (params) | CR (bytes) | time (s) |",
         "|---|" + "---|" * (len(metrics) + 5),
     ]
     for r in rows:
         vals = " | ".join(f"{r['test'][m]:.4f}" for m in metrics)
-        lines.append(f"| {r['model']} | {vals} | {r['params']:,} | {r['bytes']:,} | {r['cr_params']:.2f} | {r['cr_bytes']:.2f} | {r['time_s']:.1f} |")
+        lines.append(
+            f"| {r['model']} | {vals} | {r['params']:,} | {r['bytes']:,} | {r['cr_params']:.2f} "
+            f"| {r['cr_bytes']:.2f} | {r['time_s']:.1f} |"
+        )
     (out / "report.md").write_text("\n".join(lines) + "\n")
     return report

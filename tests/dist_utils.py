@@ -21,8 +21,12 @@ def free_port() -> int:
 
 def _worker(rank: int, world_size: int, port: int, fn: Callable[..., Any], args: tuple, out_dir: str) -> None:
     os.environ.update(
-        MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world_size),
-        LOCAL_RANK=str(rank), LOCAL_WORLD_SIZE=str(world_size),
+        MASTER_ADDR="127.0.0.1",
+        MASTER_PORT=str(port),
+        RANK=str(rank),
+        WORLD_SIZE=str(world_size),
+        LOCAL_RANK=str(rank),
+        LOCAL_WORLD_SIZE=str(world_size),
     )
     torch.set_num_threads(1)
     try:
@@ -43,7 +47,9 @@ def run_ranks(world_size: int, fn: Callable[..., Any], *args: Any) -> List[Any]:
     ``fn`` must be importable (module level) and return tensors / plain data.
     """
     with tempfile.TemporaryDirectory() as d:
-        mp.start_processes(_worker, args=(world_size, free_port(), fn, args, d), nprocs=world_size, join=True, start_method="spawn")
+        mp.start_processes(
+            _worker, args=(world_size, free_port(), fn, args, d), nprocs=world_size, join=True, start_method="spawn"
+        )
         out = []
         for r in range(world_size):
             res = torch.load(os.path.join(d, f"{r}.pt"), weights_only=False)

@@ -34,9 +34,9 @@ sys.exit(args.exit)
 '''
 
 # No --out, --config or --set: recdim bench must not pass them.
-BARE = '''import sys
+BARE = """import sys
 print("bare ran with", sys.argv[1:])
-'''
+"""
 
 
 @pytest.fixture
@@ -100,8 +100,22 @@ def test_every_real_benchmark_takes_out():
 def test_runs_a_fake_benchmark_end_to_end(fake_dir, tmp_path):
     assert sorted(bench.available()) == ["bare", "fake"]  # _helpers.py is not a benchmark
     out = tmp_path / "out"
-    rc = main(["bench", "--name", "fake", "--out", str(out), "--config", str(ROOT / "configs" / "demo.toml"),
-               "--set", "train.epochs=2", "--", "--steps", "3"])
+    rc = main(
+        [
+            "bench",
+            "--name",
+            "fake",
+            "--out",
+            str(out),
+            "--config",
+            str(ROOT / "configs" / "demo.toml"),
+            "--set",
+            "train.epochs=2",
+            "--",
+            "--steps",
+            "3",
+        ]
+    )
     assert rc == 0
     (row,) = _rows(out / "fake.jsonl")
     assert row["bench"] == "fake" and row["steps"] == 3

@@ -10,10 +10,10 @@ import torch
 from recdim.config import load
 from recdim.data.preprocess import prepare
 from recdim.export.predict import predict_file
-from recdim.export.serving import load_serving_model
 from recdim.export.retrained import export_retrained, export_step
-from recdim.retrain.tiers import run_retrain, tiered_session
+from recdim.export.serving import load_serving_model
 from recdim.prune.run import run_prune
+from recdim.retrain.tiers import run_retrain, tiered_session
 from recdim.search.run import run_search
 from recdim.train.model_io import load_model
 
@@ -34,8 +34,16 @@ def data(tmp_path_factory):
 
 
 def config(data, arch, method, *more):
-    sets = [f"prepare.output={data}", f"model.arch={arch}", "train.epochs=2", "train.batch_size=256",
-            "train.progress=false", "train.device=cpu", *METHOD_SETS[method], *more]
+    sets = [
+        f"prepare.output={data}",
+        f"model.arch={arch}",
+        "train.epochs=2",
+        "train.batch_size=256",
+        "train.progress=false",
+        "train.device=cpu",
+        *METHOD_SETS[method],
+        *more,
+    ]
     return load(str(ROOT / "configs" / "demo.toml"), tuple(sets))
 
 
@@ -58,7 +66,9 @@ def test_exported_model_predicts_what_the_retrained_model_predicts(tmp_path, dat
     trained, labels = session.trainer.predict(session.eval_loader("test"))
     # ... and the exported artifact, read back through its manifest and checksums.
     serving = load_serving_model(tmp_path / "retrain" / "export")
-    served = torch.cat([serving(b.dense_features, b.sparse_features)[:n].double() for b, n in session.eval_loader("test")])
+    served = torch.cat(
+        [serving(b.dense_features, b.sparse_features)[:n].double() for b, n in session.eval_loader("test")]
+    )
     assert served.shape == trained.shape == labels.shape
     assert (served - trained).abs().max().item() <= 1e-5
     # The plan's bytes are what the artifact stores.

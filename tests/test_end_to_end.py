@@ -28,7 +28,18 @@ def test_ml100k_mf_rating(tmp_path):
     data = f"prepare.output={tmp_path / 'data'}"
     common = ["--set", f"prepare.input={ML100K}", "--set", data]
     recdim("prepare", "--config", cfg, *common)
-    res = recdim("train", "--config", cfg, *common, "--set", "train.epochs=8", "--set", "train.progress=false", "--out", str(tmp_path / "run"))
+    res = recdim(
+        "train",
+        "--config",
+        cfg,
+        *common,
+        "--set",
+        "train.epochs=8",
+        "--set",
+        "train.progress=false",
+        "--out",
+        str(tmp_path / "run"),
+    )
     assert res["test"]["mse"] < 0.95
     assert res["val"]["mse"] < res["untrained_val"]["mse"] - 0.1
     assert res["bytes"] == 4 * res["params"]
@@ -40,7 +51,18 @@ def test_ml100k_deepfm_ctr(tmp_path):
     cfg = str(ROOT / "configs" / "ml100k_ctr.toml")
     common = ["--set", f"prepare.input={ML100K}", "--set", f"prepare.output={tmp_path / 'data'}"]
     recdim("prepare", "--config", cfg, *common)
-    res = recdim("train", "--config", cfg, *common, "--set", "train.epochs=4", "--set", "train.progress=false", "--out", str(tmp_path / "run"))
+    res = recdim(
+        "train",
+        "--config",
+        cfg,
+        *common,
+        "--set",
+        "train.epochs=4",
+        "--set",
+        "train.progress=false",
+        "--out",
+        str(tmp_path / "run"),
+    )
     assert res["test"]["auc"] > 0.75
     assert res["val"]["auc"] > res["untrained_val"]["auc"] + 0.1
     assert res["val"]["logloss"] < res["untrained_val"]["logloss"]
@@ -51,13 +73,36 @@ def test_ml100k_deepfm_ctr(tmp_path):
 def test_dlrm_one_process_matches_torchrun_two_processes(tmp_path):
     """The same DLRM trained in 1 process and under torchrun with 2 gloo processes (table-wise)."""
     cfg = str(ROOT / "configs" / "demo.toml")
-    sets = ["--set", f"prepare.output={tmp_path / 'data'}", "--set", "prepare.synthetic.rows=20000",
-            "--set", "train.epochs=2", "--set", "train.progress=false", "--set", "train.sharding=table_wise"]
+    sets = [
+        "--set",
+        f"prepare.output={tmp_path / 'data'}",
+        "--set",
+        "prepare.synthetic.rows=20000",
+        "--set",
+        "train.epochs=2",
+        "--set",
+        "train.progress=false",
+        "--set",
+        "train.sharding=table_wise",
+    ]
     recdim("prepare", "--config", cfg, *sets)
     one = recdim("train", "--config", cfg, *sets, "--out", str(tmp_path / "one"))
     env = dict(os.environ, OMP_NUM_THREADS="1")
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "recdim.cli",
-           "train", "--config", cfg, *sets, "--out", str(tmp_path / "two")]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node=2",
+        "-m",
+        "recdim.cli",
+        "train",
+        "--config",
+        cfg,
+        *sets,
+        "--out",
+        str(tmp_path / "two"),
+    ]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     two = json.loads((tmp_path / "two" / "results.json").read_text())

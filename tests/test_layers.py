@@ -109,8 +109,23 @@ def test_layout_and_config_import_nothing_above_them() -> None:
 
 # Lowest first: a node may import only nodes before it. A new subpackage must be placed here.
 LAYERS = (
-    "fsio", "config_io", "config", "layout", "data", "modules", "models", "train", "search", "prune", "retrain",
-    "export", "report", "pipeline", "compare", "bench", "cli",
+    "fsio",
+    "config_io",
+    "config",
+    "layout",
+    "data",
+    "modules",
+    "models",
+    "train",
+    "search",
+    "prune",
+    "retrain",
+    "export",
+    "report",
+    "pipeline",
+    "compare",
+    "bench",
+    "cli",
 )
 
 

@@ -4,8 +4,9 @@ Reads every ``runs/**/cell.json`` under a comparison directory (whatever grid wr
 ``failed.json`` without a finished cell beside it. Quantities per cell: the test and validation metrics
 (AUC and logloss, or MSE and RMSE), embedding ``params`` and ``bytes`` as stored, the CR of the kept
 entries (the result's ``kept_cr``, or its ``cr`` when it also reports ``target_cr``) and the CR as stored
-(uniform parameters / stored params: tier padding and projections count), search and retrain time. The plot draws the test metric against bytes,
-one line per method and one panel per arch (as PEP's Figures 2-4).
+(uniform parameters / stored params: tier padding and projections count), search and retrain time.
+The plot draws the test metric against bytes, one line per method and one panel per arch (as PEP's
+Figures 2-4).
 """
 
 from __future__ import annotations
@@ -24,8 +25,9 @@ def load_records(out_dir: Union[str, Path]) -> Tuple[List[Dict[str, Any]], List[
     """Finished cell records and failures (``failed.json`` with no ``cell.json`` beside it), by path."""
     runs = Path(out_dir) / "runs"
     records = [json.loads(p.read_text()) for p in sorted(runs.glob("**/cell.json"))]
-    failures = [json.loads(p.read_text()) for p in sorted(runs.glob("**/failed.json"))
-                if not (p.parent / "cell.json").exists()]
+    failures = [
+        json.loads(p.read_text()) for p in sorted(runs.glob("**/failed.json")) if not (p.parent / "cell.json").exists()
+    ]
     return records, failures
 
 
@@ -100,15 +102,17 @@ def aggregate(
         recs = sorted(groups[key], key=lambda r: r["cell"]["seed"])
         values = [cell_values(r) for r in recs]
         names = sorted({k for v in values for k in v})
-        rows.append({
-            "arch": key[0],
-            "cr": key[1],
-            "method": key[2],
-            "seeds": [r["cell"]["seed"] for r in recs],
-            "n": len(recs),
-            "stats": {k: mean_std([v[k] for v in values if k in v]) for k in names},
-            "chosen": [r["selection"]["chosen"] for r in recs if r.get("selection")],
-        })
+        rows.append(
+            {
+                "arch": key[0],
+                "cr": key[1],
+                "method": key[2],
+                "seeds": [r["cell"]["seed"] for r in recs],
+                "n": len(recs),
+                "stats": {k: mean_std([v[k] for v in values if k in v]) for k in names},
+                "chosen": [r["selection"]["chosen"] for r in recs if r.get("selection")],
+            }
+        )
     return rows
 
 
@@ -130,15 +134,20 @@ def _fmt(stat: Optional[Mapping[str, Any]], kind: str) -> str:
     return text if s is None else f"{text} ± {s:.{digits}f}"
 
 
-def render_markdown(rows: Sequence[Mapping[str, Any]], failures: Sequence[Mapping[str, Any]] = (),
-                    plot_name: Optional[str] = None) -> str:
+def render_markdown(
+    rows: Sequence[Mapping[str, Any]], failures: Sequence[Mapping[str, Any]] = (), plot_name: Optional[str] = None
+) -> str:
     """The report as Markdown: one table per arch (rows: budget x method), failures listed at the end."""
-    lines = ["# recdim compare", "",
-             "Mean ± sample std over seeds (n). CR is the target compression rate (uniform / kept "
-             "parameters); test metrics are those of the run selected on validation; params and bytes as "
-             "stored (tier padding and MDE projections included); CR kept = uniform / kept entries, "
-             "CR stored = uniform / stored params; times in seconds (grid / random: search time = all "
-             "candidates).", ""]
+    lines = [
+        "# recdim compare",
+        "",
+        "Mean ± sample std over seeds (n). CR is the target compression rate (uniform / kept "
+        "parameters); test metrics are those of the run selected on validation; params and bytes as "
+        "stored (tier padding and MDE projections included); CR kept = uniform / kept entries, "
+        "CR stored = uniform / stored params; times in seconds (grid / random: search time = all "
+        "candidates).",
+        "",
+    ]
     if plot_name:
         lines += [f"![test metric vs bytes]({plot_name})", ""]
     for arch in dict.fromkeys(r["arch"] for r in rows):
@@ -148,8 +157,18 @@ def render_markdown(rows: Sequence[Mapping[str, Any]], failures: Sequence[Mappin
         metrics += sorted(k for k in present if k.startswith("test.") and k not in metrics)
         val = primary_metric(sub)
         val = val.replace("test.", "val.") if val and val.replace("test.", "val.") in present else None
-        cols = ["method", "CR", "n", *(m.replace(".", " ") for m in metrics + ([val] if val else [])),
-                "params", "bytes", "CR kept", "CR stored", "search s", "retrain s"]
+        cols = [
+            "method",
+            "CR",
+            "n",
+            *(m.replace(".", " ") for m in metrics + ([val] if val else [])),
+            "params",
+            "bytes",
+            "CR kept",
+            "CR stored",
+            "search s",
+            "retrain s",
+        ]
         chosen = any(r["chosen"] for r in sub)
         if chosen:
             cols.append("chosen")
@@ -158,9 +177,14 @@ def render_markdown(rows: Sequence[Mapping[str, Any]], failures: Sequence[Mappin
             st = r["stats"]
             cells = [r["method"], f"{r['cr']:g}", str(r["n"])]
             cells += [_fmt(st.get(m), "metric") for m in metrics + ([val] if val else [])]
-            cells += [_fmt(st.get("params"), "int"), _fmt(st.get("bytes"), "int"), _fmt(st.get("cr_kept"), "cr"),
-                      _fmt(st.get("cr_stored"), "cr"),
-                      _fmt(st.get("search_time_s"), "time"), _fmt(st.get("retrain_time_s"), "time")]
+            cells += [
+                _fmt(st.get("params"), "int"),
+                _fmt(st.get("bytes"), "int"),
+                _fmt(st.get("cr_kept"), "cr"),
+                _fmt(st.get("cr_stored"), "cr"),
+                _fmt(st.get("search_time_s"), "time"),
+                _fmt(st.get("retrain_time_s"), "time"),
+            ]
             if chosen:
                 cells.append(", ".join(r["chosen"]) or "—")
             lines.append("| " + " | ".join(cells) + " |")
@@ -199,7 +223,8 @@ def plot_metric_vs_bytes(rows: Sequence[Mapping[str, Any]], path: Union[str, Pat
         for method in dict.fromkeys(r["method"] for r in sub):
             pts = sorted(
                 (r["stats"]["bytes"]["mean"], r["stats"][metric]["mean"], r["stats"][metric]["std"] or 0.0)
-                for r in sub if r["method"] == method and "bytes" in r["stats"] and metric in r["stats"]
+                for r in sub
+                if r["method"] == method and "bytes" in r["stats"] and metric in r["stats"]
             )
             if pts:
                 xs, ys, es = zip(*pts)
@@ -216,8 +241,9 @@ def plot_metric_vs_bytes(rows: Sequence[Mapping[str, Any]], path: Union[str, Pat
     return path
 
 
-def write_compare_report(out_dir: Union[str, Path], method_order: Sequence[str] = (),
-                 arch_order: Sequence[str] = ()) -> Dict[str, Path]:
+def write_compare_report(
+    out_dir: Union[str, Path], method_order: Sequence[str] = (), arch_order: Sequence[str] = ()
+) -> Dict[str, Path]:
     """Writes ``compare.json``, ``compare.md`` and ``compare.png`` into ``out_dir``.
 
     Args:
@@ -242,11 +268,14 @@ def write_compare_report(out_dir: Union[str, Path], method_order: Sequence[str] 
     if plot is not None:
         paths["plot"] = plot
     primary = {a: primary_metric([r for r in rows if r["arch"] == a]) for a in dict.fromkeys(r["arch"] for r in rows)}
-    paths["json"] = write_json(out / "compare.json", {
-        "rows": rows,
-        "primary_metric": primary,
-        "failures": [{"cell": f["cell"], "error": f["error"]} for f in failures],
-    })
+    paths["json"] = write_json(
+        out / "compare.json",
+        {
+            "rows": rows,
+            "primary_metric": primary,
+            "failures": [{"cell": f["cell"], "error": f["error"]} for f in failures],
+        },
+    )
     md = out / "compare.md"
     md.write_text(render_markdown(rows, failures, plot.name if plot is not None else None))
     paths["markdown"] = md

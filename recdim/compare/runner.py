@@ -26,11 +26,11 @@ from typing import Any, Callable, Dict, Mapping, Optional, Union
 
 from tqdm import tqdm
 
-from recdim.config.compare import CompareConfig
 from recdim.compare.grid import Cell, cell_config, config_echo, expand_grid
 from recdim.compare.report import write_compare_report
 from recdim.compare.select import choose_best, selection_record
 from recdim.config.baseline import BaselineConfig
+from recdim.config.compare import CompareConfig
 from recdim.search.baselines.methods import candidate_methods
 
 logger = logging.getLogger("recdim.compare")
@@ -221,8 +221,10 @@ def run_compare(
     summary.skipped = len(cells) - len(todo)
     echo = out / "compare_config.json"
     if echo.exists() and _read_json(echo).get("config") != json.loads(json.dumps(config_echo(cfg))):
-        tqdm.write(f"warning: {echo} was written with a different config; finished cells keep their old results",
-                   file=sys.stderr)
+        tqdm.write(
+            f"warning: {echo} was written with a different config; finished cells keep their old results",
+            file=sys.stderr,
+        )
     _write_json(echo, {"config": config_echo(cfg), "compare": config_echo(compare)})
     if todo and experiment is None:
         experiment = default_experiment()
@@ -242,8 +244,10 @@ def run_compare(
             except Exception as e:  # noqa: BLE001 - a failed cell is recorded; the grid goes on
                 if compare.stop_on_error:
                     raise
-                _write_json(run_dir / FAILED_FILE, {"cell": cell.to_json(), "error": f"{type(e).__name__}: {e}",
-                                                    "traceback": traceback.format_exc()})
+                _write_json(
+                    run_dir / FAILED_FILE,
+                    {"cell": cell.to_json(), "error": f"{type(e).__name__}: {e}", "traceback": traceback.format_exc()},
+                )
                 summary.failed[cell.run_id] = f"{type(e).__name__}: {e}"
                 tqdm.write(f"FAILED {cell.describe()}: {type(e).__name__}: {e}")
             else:

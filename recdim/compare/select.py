@@ -58,12 +58,19 @@ def choose_best(results: Sequence[Mapping[str, Any]], select_metric: str = "") -
     return best, metric, higher
 
 
-def selection_record(names: Sequence[str], results: Sequence[Mapping[str, Any]], best: int, metric: str,
-                     higher: bool) -> Dict[str, Any]:
+def selection_record(
+    names: Sequence[str], results: Sequence[Mapping[str, Any]], best: int, metric: str, higher: bool
+) -> Dict[str, Any]:
     """What a cell's ``selection`` entry holds: the metric, the chosen run and every candidate's val."""
     cands: List[Dict[str, Any]] = [
-        {"method": n, "val": dict(r.get("val", {})), "params": r.get("params"), "bytes": r.get("bytes"),
-         "search_time_s": r.get("search_time_s", 0.0), "retrain_time_s": r.get("retrain_time_s", 0.0)}
+        {
+            "method": n,
+            "val": dict(r.get("val", {})),
+            "params": r.get("params"),
+            "bytes": r.get("bytes"),
+            "search_time_s": r.get("search_time_s", 0.0),
+            "retrain_time_s": r.get("retrain_time_s", 0.0),
+        }
         for n, r in zip(names, results)
     ]
     return {"metric": metric, "higher_is_better": higher, "chosen": names[best], "candidates": cands}

@@ -13,13 +13,13 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal, Optional, Tuple, get_args
 
-from recdim.config_io import ConfigError, load_config  # noqa: F401  (re-exported)
-from recdim.config.compare import CompareConfig
 from recdim.config.autodim import AutoDimConfig
 from recdim.config.baseline import BaselineConfig
+from recdim.config.compare import CompareConfig
 from recdim.config.dnis import DNISConfig
 from recdim.config.methods import entry
 from recdim.config.pep import PEPConfig
+from recdim.config_io import ConfigError, load_config  # noqa: F401  (re-exported)
 
 Arch = Literal["dlrm", "deepfm", "fm", "wide_deep", "mf", "mlp", "neumf"]
 ARCHES: Tuple[str, ...] = get_args(Arch)
@@ -168,9 +168,7 @@ class ModelConfig:
 
     def __post_init__(self) -> None:
         if self.embedding_dim <= 0 or self.embedding_dim % 4:
-            raise ValueError(
-                f"embedding_dim must be a positive multiple of 4 (FBGEMM's TBE), got {self.embedding_dim}"
-            )
+            raise ValueError(f"embedding_dim must be a positive multiple of 4 (FBGEMM's TBE), got {self.embedding_dim}")
 
 
 @dataclass(frozen=True)

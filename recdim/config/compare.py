@@ -62,8 +62,12 @@ class CompareConfig:
             raise ValueError("compare.methods, compare.budgets and compare.seeds must not be empty")
         for m in self.methods:
             parse(m, "compare.methods")
-        for name, values in (("methods", self.methods), ("arches", self.arches), ("seeds", self.seeds),
-                             ("budgets", self.budgets)):
+        for name, values in (
+            ("methods", self.methods),
+            ("arches", self.arches),
+            ("seeds", self.seeds),
+            ("budgets", self.budgets),
+        ):
             if len(set(values)) != len(values):
                 raise ValueError(f"compare.{name} has duplicates: {list(values)}")
         if any(b < 1 for b in self.budgets):

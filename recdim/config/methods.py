@@ -53,13 +53,23 @@ METHODS: Dict[str, MethodEntry] = _entries(
     MethodEntry("autosrh", "recdim.search.dnis:AutoSrhMethod", "search", help="the same search, AutoSrh's name"),
     MethodEntry("pep", "recdim.search.pep:PEPMethod", "search", help="learnable soft thresholds (PEP)"),
     MethodEntry("autodim", "recdim.search.autodim:AutoDimMethod", "search", help="per-field candidate dims (AutoDim)"),
-    MethodEntry("magnitude", "recdim.search.magnitude:MagnitudeMethod", "search",
-                help="magnitude pruning of the trained uniform table"),
-    MethodEntry("ue", "recdim.search.baselines.uniform:UniformMethod", "baseline", arg="dimension",
-                help="uniform embedding"),
+    MethodEntry(
+        "magnitude",
+        "recdim.search.magnitude:MagnitudeMethod",
+        "search",
+        help="magnitude pruning of the trained uniform table",
+    ),
+    MethodEntry(
+        "ue", "recdim.search.baselines.uniform:UniformMethod", "baseline", arg="dimension", help="uniform embedding"
+    ),
     MethodEntry("grid", "recdim.search.baselines.grid:GridMethod", "baseline", help="grid search over uniform dims"),
-    MethodEntry("random", "recdim.search.baselines.random_mixed:RandomMethod", "baseline", arg="sample",
-                help="random search over mixed dims"),
+    MethodEntry(
+        "random",
+        "recdim.search.baselines.random_mixed:RandomMethod",
+        "baseline",
+        arg="sample",
+        help="random search over mixed dims",
+    ),
     MethodEntry("mde", "recdim.search.baselines.mde:MDEMethod", "baseline", help="mixed-dimension power rule (MDE)"),
 )
 

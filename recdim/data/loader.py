@@ -34,9 +34,7 @@ def gather_rows(col: SparseColumn, idx: np.ndarray) -> Tuple[np.ndarray, np.ndar
     return col.values[pos], lengths, weights
 
 
-def make_batch(
-    data: SplitArrays, feature_names: Sequence[str], idx: np.ndarray, weighted: bool = False
-) -> Batch:
+def make_batch(data: SplitArrays, feature_names: Sequence[str], idx: np.ndarray, weighted: bool = False) -> Batch:
     """The Batch of rows ``idx``: dense [B, D], a KeyedJaggedTensor over ``feature_names``, labels [B].
 
     Args:
@@ -53,9 +51,9 @@ def make_batch(
     lengths: List[np.ndarray] = []
     weights: List[np.ndarray] = []
     for name in feature_names:
-        v, l, w = gather_rows(data.sparse[name], idx)
+        v, lens, w = gather_rows(data.sparse[name], idx)
         values.append(v)
-        lengths.append(l)
+        lengths.append(lens)
         if weighted:
             weights.append(np.ones(v.shape[0], np.float32) if w is None else w)
     kjt = KeyedJaggedTensor.from_lengths_sync(

@@ -71,9 +71,7 @@ class PreparedDataset:
         self.path = Path(path)
         meta_path = self.path / "meta.json"
         if not meta_path.exists():
-            raise FileNotFoundError(
-                f"{meta_path}: no prepared dataset here; run `recdim prepare` first"
-            )
+            raise FileNotFoundError(f"{meta_path}: no prepared dataset here; run `recdim prepare` first")
         try:
             self.meta: Dict[str, Any] = json.loads(meta_path.read_text())
         except json.JSONDecodeError as e:

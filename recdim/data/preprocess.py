@@ -166,6 +166,11 @@ def prepare(cfg: PrepareConfig) -> Path:
     vocab = ", ".join(f"{f.name}={f.num_embeddings}" for f in schema.fields if f.is_sparse)
     logger.info(
         "prepared %s: rows train=%d val=%d test=%d; %d fields; vocab %s; bad rows %d; label-filtered %d",
-        output, *rows, len(schema.fields), vocab or "-", budget.count, label_filtered,
+        output,
+        *rows,
+        len(schema.fields),
+        vocab or "-",
+        budget.count,
+        label_filtered,
     )
     return output

@@ -113,9 +113,7 @@ def check_replaceable(output: Path) -> None:
         raise FileExistsError(f"{output}: exists and is not a directory")
     if (output / "meta.json").is_file() or not any(output.iterdir()):
         return
-    raise FileExistsError(
-        f"{output}: exists and is not a prepared dataset (no meta.json); refusing to replace it"
-    )
+    raise FileExistsError(f"{output}: exists and is not a prepared dataset (no meta.json); refusing to replace it")
 
 
 @contextlib.contextmanager

@@ -83,10 +83,6 @@ def _dtype_name(t: torch.Tensor) -> str:
     return str(t.dtype).replace("torch.", "")
 
 
-
-
-
-
 def _write_tensors(root: Path, rel: str, tensors: Mapping[str, torch.Tensor]) -> Dict[str, Any]:
     data = st_save({k: v.detach().cpu().contiguous() for k, v in tensors.items()})
     write_atomic(root / rel, data)
@@ -150,23 +146,36 @@ def write_artifact(
         b = plan.bytes()
         for k in totals:
             totals[k] += getattr(b, k)
-        tables.append({
-            "name": plan.name,
-            "feature": plan.feature,
-            "file": rel,
-            "num_embeddings": plan.num_embeddings,
-            "embedding_dim": plan.embedding_dim,
-            "kept_rows": plan.kept_rows,
-            "dropped_rows": plan.dropped_rows,
-            "remap": {"kind": plan.remap.kind, "tensors": {k: {"dtype": _dtype_name(v), "shape": list(v.shape)}
-                                                           for k, v in plan.remap.tensors().items()}},
-            "tiers": [{
-                "name": t.name, "feature_name": t.feature_name, "width": t.width, "rows": t.num_rows,
-                "column_map": "shared" if t.shared else "per_row", "values_dtype": "float32",
-                "map_dtype": _dtype_name(t.column_map),
-            } for t in plan.tiers],
-            "bytes": b.to_dict(),
-        })
+        tables.append(
+            {
+                "name": plan.name,
+                "feature": plan.feature,
+                "file": rel,
+                "num_embeddings": plan.num_embeddings,
+                "embedding_dim": plan.embedding_dim,
+                "kept_rows": plan.kept_rows,
+                "dropped_rows": plan.dropped_rows,
+                "remap": {
+                    "kind": plan.remap.kind,
+                    "tensors": {
+                        k: {"dtype": _dtype_name(v), "shape": list(v.shape)} for k, v in plan.remap.tensors().items()
+                    },
+                },
+                "tiers": [
+                    {
+                        "name": t.name,
+                        "feature_name": t.feature_name,
+                        "width": t.width,
+                        "rows": t.num_rows,
+                        "column_map": "shared" if t.shared else "per_row",
+                        "values_dtype": "float32",
+                        "map_dtype": _dtype_name(t.column_map),
+                    }
+                    for t in plan.tiers
+                ],
+                "bytes": b.to_dict(),
+            }
+        )
     totals["total"] = totals["values"] + totals["column_maps"] + totals["remap"]
     manifest = {
         "format": FORMAT,
@@ -195,23 +204,31 @@ def _read_verified(root: Path, rel: str, entry: Mapping[str, Any]) -> Dict[str, 
         raise ArtifactError(f"{path}: {len(data)} bytes, the manifest says {entry['size']} (truncated or replaced)")
     digest = hashlib.sha256(data).hexdigest()
     if digest != entry["sha256"]:
-        raise ArtifactError(f"{path}: sha256 {digest} does not match the manifest's {entry['sha256']} (edited or corrupt)")
+        raise ArtifactError(
+            f"{path}: sha256 {digest} does not match the manifest's {entry['sha256']} (edited or corrupt)"
+        )
     try:
         return st_load(data)
     except Exception as e:  # safetensors raises its own error types
         raise ArtifactError(f"{path}: not a readable safetensors file: {e}") from e
 
 
-def _expect(tensors: Mapping[str, torch.Tensor], name: str, dtype: str, shape: Sequence[int], where: str) -> torch.Tensor:
+def _expect(
+    tensors: Mapping[str, torch.Tensor], name: str, dtype: str, shape: Sequence[int], where: str
+) -> torch.Tensor:
     if name not in tensors:
         raise ArtifactError(f"{where}: tensor {name!r} missing")
     t = tensors[name]
     if _dtype_name(t) != dtype or list(t.shape) != list(shape):
-        raise ArtifactError(f"{where}: tensor {name!r} is {_dtype_name(t)}{list(t.shape)}, the manifest says {dtype}{list(shape)}")
+        raise ArtifactError(
+            f"{where}: tensor {name!r} is {_dtype_name(t)}{list(t.shape)}, the manifest says {dtype}{list(shape)}"
+        )
     return t
 
 
-def _load_table(root: Path, entry: Mapping[str, Any], tensors: Mapping[str, torch.Tensor]) -> Tuple[TablePlan, List[torch.Tensor]]:
+def _load_table(
+    root: Path, entry: Mapping[str, Any], tensors: Mapping[str, torch.Tensor]
+) -> Tuple[TablePlan, List[torch.Tensor]]:
     where = str(root / entry["file"])
     N, K = int(entry["num_embeddings"]), int(entry["embedding_dim"])
     tiers, values = [], []

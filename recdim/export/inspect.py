@@ -31,20 +31,29 @@ def summarize(path: Union[str, Path]) -> Dict[str, Any]:
         dims = plan.kept_dims()
         values, counts = torch.unique(dims, return_counts=True)
         b = plan.bytes()
-        tables.append({
-            "name": plan.name,
-            "feature": plan.feature,
-            "rows": plan.num_embeddings,
-            "kept_rows": plan.kept_rows,
-            "dropped_rows": plan.dropped_rows,
-            "remap": plan.remap.kind,
-            "tiers": [{"name": t.name, "width": t.width, "rows": t.num_rows, "column_map": "shared" if t.shared else "per_row"}
-                      for t in plan.tiers],
-            "kept_dims_histogram": {int(v): int(c) for v, c in zip(values.tolist(), counts.tolist())},
-            "mean_kept_dims": float(dims.float().mean()) if dims.numel() else 0.0,
-            "bytes": b.to_dict(),
-            "compression": b.compression,
-        })
+        tables.append(
+            {
+                "name": plan.name,
+                "feature": plan.feature,
+                "rows": plan.num_embeddings,
+                "kept_rows": plan.kept_rows,
+                "dropped_rows": plan.dropped_rows,
+                "remap": plan.remap.kind,
+                "tiers": [
+                    {
+                        "name": t.name,
+                        "width": t.width,
+                        "rows": t.num_rows,
+                        "column_map": "shared" if t.shared else "per_row",
+                    }
+                    for t in plan.tiers
+                ],
+                "kept_dims_histogram": {int(v): int(c) for v, c in zip(values.tolist(), counts.tolist())},
+                "mean_kept_dims": float(dims.float().mean()) if dims.numel() else 0.0,
+                "bytes": b.to_dict(),
+                "compression": b.compression,
+            }
+        )
     keys = ("values", "column_maps", "remap", "total", "uniform", "csr", "coo", "floor", "nnz")
     totals = {k: sum(t["bytes"][k] for t in tables) for k in keys}
     totals["compression"] = totals["uniform"] / totals["total"] if totals["total"] else float("inf")

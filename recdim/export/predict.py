@@ -22,7 +22,9 @@ def read_rows(path: Path, multi_valued: list, separator: str = "|") -> pa.Table:
         return pq.read_table(path)
     if path.suffix != ".csv":
         raise ValueError(f"{path}: expected a .parquet or .csv file")
-    table = pacsv.read_csv(path, convert_options=pacsv.ConvertOptions(column_types={c: pa.string() for c in multi_valued}))
+    table = pacsv.read_csv(
+        path, convert_options=pacsv.ConvertOptions(column_types={c: pa.string() for c in multi_valued})
+    )
     for name in multi_valued:
         if name in table.column_names:
             cells = table.column(name).to_pylist()
@@ -34,7 +36,9 @@ def read_rows(path: Path, multi_valued: list, separator: str = "|") -> pa.Table:
     return table
 
 
-def predict_file(model_dir: Union[str, Path], input_path: Union[str, Path], out_path: Union[str, Path], batch_size: int = 8192) -> int:
+def predict_file(
+    model_dir: Union[str, Path], input_path: Union[str, Path], out_path: Union[str, Path], batch_size: int = 8192
+) -> int:
     """Writes one prediction per input row (probability for binary labels, rating otherwise) as CSV.
 
     The input holds the prepared dataset's columns (ids already mapped, see ``docs/data-format.md``),

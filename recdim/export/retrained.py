@@ -19,7 +19,9 @@ from recdim.train.run import Session
 EXPORT_DIR = "export"
 
 
-def export_session(session: Session, plans: List[TablePlan], path: Path, extra: Optional[Mapping[str, Any]] = None) -> None:
+def export_session(
+    session: Session, plans: List[TablePlan], path: Path, extra: Optional[Mapping[str, Any]] = None
+) -> None:
     """Gathers the tier tables of a (sharded) tiered model to rank 0 and writes the artifact there.
     Collective."""
     values = gather_tier_values(session.dmp, plans, dst=0)

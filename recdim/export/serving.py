@@ -17,10 +17,10 @@ from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 from recdim.config import ModelConfig
 from recdim.data.schema import LabelKind, Schema
 from recdim.export.artifact import Artifact, read_artifact, write_artifact
-from recdim.models.rec_model import RecModel
-from recdim.modules.tiered import TieredEmbeddingProvider
 from recdim.layout.tier_plan import TablePlan
 from recdim.layout.tier_values import tier_values
+from recdim.models.rec_model import RecModel
+from recdim.modules.tiered import TieredEmbeddingProvider
 
 
 def export_model(
@@ -48,9 +48,13 @@ def export_model(
     """
     provider = model.provider
     if not isinstance(provider, TieredEmbeddingProvider):
-        raise TypeError(f"export_model needs a TieredEmbeddingProvider, got {type(provider).__name__}; "
-                        "use export_masked for a pruned uniform model")
-    return write_artifact(path, provider.plans, provider.tier_weights(), model.arch.state_dict(), model_cfg, schema, extra)
+        raise TypeError(
+            f"export_model needs a TieredEmbeddingProvider, got {type(provider).__name__}; "
+            "use export_masked for a pruned uniform model"
+        )
+    return write_artifact(
+        path, provider.plans, provider.tier_weights(), model.arch.state_dict(), model_cfg, schema, extra
+    )
 
 
 def export_masked(

@@ -148,7 +148,10 @@ def global_blocks(counts: Mapping[str, np.ndarray], num_blocks: int) -> BlockPla
         plan = global_blocks({f: ds.counts(f) for f in features}, num_blocks=10)
     """
     _check_blocks(num_blocks)
-    desc = [np.minimum.accumulate(np.asarray(c, dtype=np.int64)) if len(c) else np.zeros(0, np.int64) for c in counts.values()]
+    desc = [
+        np.minimum.accumulate(np.asarray(c, dtype=np.int64)) if len(c) else np.zeros(0, np.int64)
+        for c in counts.values()
+    ]
     if any(len(c) and c[-1] < 0 for c in desc):
         raise ValueError("train counts must be non-negative")
     neg = [-c for c in desc]  # ascending

@@ -111,8 +111,12 @@ class DimAssignment:
     def summary(self) -> Dict[str, Any]:
         """JSON-ready description: per feature mean / min / max dimension, params, bytes, CR."""
         per_feature = {
-            f: {"rows": int(d.numel()), "mean": float(d.float().mean()) if d.numel() else 0.0,
-                "min": int(d.min()) if d.numel() else 0, "max": int(d.max()) if d.numel() else 0}
+            f: {
+                "rows": int(d.numel()),
+                "mean": float(d.float().mean()) if d.numel() else 0.0,
+                "min": int(d.min()) if d.numel() else 0,
+                "max": int(d.max()) if d.numel() else 0,
+            }
             for f, d in self.dims.items()
         }
         return {

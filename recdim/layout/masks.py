@@ -80,7 +80,9 @@ def prefix_masks(rows: Mapping[str, int], dims: Mapping[str, int], embedding_dim
     for t in rows:
         if not 0 <= dims[t] <= embedding_dim:  # checked here too: a table of 0 rows has no row to check
             raise ValueError(f"{t}: dimension {dims[t]} outside [0, {embedding_dim}]")
-    return row_dims_to_masks({t: torch.full((n,), int(dims[t]), dtype=torch.int64) for t, n in rows.items()}, embedding_dim)
+    return row_dims_to_masks(
+        {t: torch.full((n,), int(dims[t]), dtype=torch.int64) for t, n in rows.items()}, embedding_dim
+    )
 
 
 def row_dims_to_masks(dims: Mapping[str, torch.Tensor], embedding_dim: int) -> Dict[str, torch.Tensor]:

@@ -1,8 +1,9 @@
 """The layout of a mixed-dimension provider: which id range of which feature is stored at which width.
 
-A :class:`~recdim.layout.segment.Segment` (with its width) is one table of :class:`~recdim.modules.mixed_dim.MixedDimensionProvider`;
-:func:`blocks_from_assignment` reads the blocks off a baseline's
-:class:`~recdim.layout.dims.DimAssignment` (per-row dimensions plus MDE projections).
+A :class:`~recdim.layout.segment.Segment` (with its width) is one table of
+:class:`~recdim.modules.mixed_dim.MixedDimensionProvider`; :func:`blocks_from_assignment` reads the
+blocks off a baseline's :class:`~recdim.layout.dims.DimAssignment` (per-row dimensions plus MDE
+projections). :class:`BlockRouting` is the provider's lookup layout.
 """
 
 from __future__ import annotations
@@ -83,7 +84,9 @@ def blocks_from_assignment(assignment: "DimAssignment") -> List[Segment]:
             if not 0 <= p.start < p.stop <= n or not 0 < p.dim < K:
                 raise ValueError(f"{f}: projection {p} outside [0, {n}) or its width outside (0, {K})")
             if bool((dims[p.start : p.stop] != p.dim).any()):
-                raise ValueError(f"{f}: rows [{p.start}, {p.stop}) of a projected block must all have dimension {p.dim}")
+                raise ValueError(
+                    f"{f}: rows [{p.start}, {p.stop}) of a projected block must all have dimension {p.dim}"
+                )
             cuts |= {p.start, p.stop}
         if n > 1:
             cuts |= {int(i) + 1 for i in torch.nonzero(dims[1:] != dims[:-1]).flatten().tolist()}
@@ -153,7 +156,9 @@ class BlockRouting:
             seen[b.feature] = seen.get(b.feature, 0) + 1
         stored = [i for i, b in enumerate(nonempty) if b.dim > 0]
         widths = sorted({nonempty[i].dim for i in stored if nonempty[i].projected})
-        projected = {d: [s for s, i in enumerate(stored) if nonempty[i].dim == d and nonempty[i].projected] for d in widths}
+        projected = {
+            d: [s for s, i in enumerate(stored) if nonempty[i].dim == d and nonempty[i].projected] for d in widths
+        }
         lift_rows: List[List[int]] = [[] for _ in stored]
         base = 0
         for d in widths:
@@ -171,6 +176,14 @@ class BlockRouting:
         for s, i in enumerate(stored):
             slot_of_block[i] = s
         return BlockRouting(
-            nonempty, keys, stored, widths, projected, lift_rows, [fidx[nonempty[i].feature] for i in stored],
-            offsets[:-1], [offsets[fidx[b.feature]] + b.start for b in nonempty], slot_of_block,
+            nonempty,
+            keys,
+            stored,
+            widths,
+            projected,
+            lift_rows,
+            [fidx[nonempty[i].feature] for i in stored],
+            offsets[:-1],
+            [offsets[fidx[b.feature]] + b.start for b in nonempty],
+            slot_of_block,
         )

@@ -76,9 +76,14 @@ class SelectionRouting:
         groups: List[Tuple[Any, List[int], List[int]]] = []
         for path in dict.fromkeys(paths[f] for f in features):
             idx = [i for i, f in enumerate(features) if paths[f] is path]
-            slots = [s for i in idx for s in range(slot_start[features[i]], slot_start[features[i]] + len(path.keys(features[i], L)))]
+            slots = [
+                s
+                for i in idx
+                for s in range(slot_start[features[i]], slot_start[features[i]] + len(path.keys(features[i], L)))
+            ]
             groups.append((path, idx, slots if path.pooled else []))
         order = [i for _, idx, _ in groups for i in idx]
         inverse = [order.index(i) for i in range(len(features))]
-        return SelectionRouting(ebc_keys, pooled_f, seq_f, slot_start, slot_of_block, row_of_block, offsets[:-1],
-                                starts, groups, inverse)
+        return SelectionRouting(
+            ebc_keys, pooled_f, seq_f, slot_start, slot_of_block, row_of_block, offsets[:-1], starts, groups, inverse
+        )

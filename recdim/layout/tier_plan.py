@@ -205,7 +205,9 @@ class PlanBytes:
         return self.uniform / self.total if self.total else float("inf")
 
     def to_dict(self) -> Dict[str, Any]:
-        d: Dict[str, Any] = {k: getattr(self, k) for k in ("values", "column_maps", "remap", "uniform", "csr", "coo", "floor", "nnz")}
+        d: Dict[str, Any] = {
+            k: getattr(self, k) for k in ("values", "column_maps", "remap", "uniform", "csr", "coo", "floor", "nnz")
+        }
         d["total"] = self.total
         d["compression"] = self.compression
         return d
@@ -240,9 +242,14 @@ class TablePlan:
     def __post_init__(self) -> None:
         for t in self.tiers:
             if t.width % 4 or t.width <= 0 or t.num_rows <= 0:
-                raise ValueError(f"tier {t.name}: width {t.width} must be a positive multiple of 4, rows {t.num_rows} >= 1")
+                raise ValueError(
+                    f"tier {t.name}: width {t.width} must be a positive multiple of 4, rows {t.num_rows} >= 1"
+                )
             if t.column_map.shape[-1] != t.width or (not t.shared and t.column_map.shape[0] != t.num_rows):
-                raise ValueError(f"tier {t.name}: column map shape {tuple(t.column_map.shape)} does not fit [{t.num_rows}, {t.width}]")
+                raise ValueError(
+                    f"tier {t.name}: column map shape {tuple(t.column_map.shape)} "
+                    f"does not fit [{t.num_rows}, {t.width}]"
+                )
 
     @property
     def tier_offsets(self) -> List[int]:

@@ -102,9 +102,24 @@ class TierRouting:
             for g in per_id[w]:
                 t = tiers[g][1]
                 base[g], stride[g] = n, 0 if t.shared else 1
-                cmap = t.column_map.view(-1, w).to(torch.promote_types(t.column_map.dtype, smallest_int_dtype(0, embedding_dim)))
+                cmap = t.column_map.view(-1, w).to(
+                    torch.promote_types(t.column_map.dtype, smallest_int_dtype(0, embedding_dim))
+                )
                 parts.append(cmap.masked_fill(cmap < 0, embedding_dim))
                 n += parts[-1].size(0)
             maps[w] = torch.cat(parts)
-        return TierRouting(tiers, slot_order, len(pooled), widths, per_id, segments, row_base[:-1], starts,
-                           slot_of_tier, [fi for fi, _, _ in tiers], maps, base, stride)
+        return TierRouting(
+            tiers,
+            slot_order,
+            len(pooled),
+            widths,
+            per_id,
+            segments,
+            row_base[:-1],
+            starts,
+            slot_of_tier,
+            [fi for fi, _, _ in tiers],
+            maps,
+            base,
+            stride,
+        )

@@ -62,7 +62,9 @@ def masked_table(plan: TablePlan, tiers: Sequence[torch.Tensor]) -> torch.Tensor
     ids, offsets = plan.row_ids().to(device), plan.tier_offsets
     for j, (t, maps) in enumerate(zip(tiers, plan.row_maps())):
         if tuple(t.shape) != (plan.tiers[j].num_rows, plan.tiers[j].width):
-            raise ValueError(f"{plan.tiers[j].name}: shape {tuple(t.shape)} != [{plan.tiers[j].num_rows}, {plan.tiers[j].width}]")
+            raise ValueError(
+                f"{plan.tiers[j].name}: shape {tuple(t.shape)} != [{plan.tiers[j].num_rows}, {plan.tiers[j].width}]"
+            )
         rows = ids[offsets[j] : offsets[j + 1]].unsqueeze(1).expand_as(maps)
         cols = torch.where(maps >= 0, maps.to(torch.int64), K).to(device)
         out[rows, cols] = t.detach()

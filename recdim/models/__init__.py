@@ -6,7 +6,7 @@ from recdim.models.dlrm import DLRMArch, DotInteraction
 from recdim.models.factory import build_arch
 from recdim.models.fm import FactorizationMachine, FirstOrder, FMArch, SecondOrder, fm_second_order
 from recdim.models.mf import MFArch
-from recdim.models.mlp import concat_inputs, DeepTower, MLP, MLPArch
+from recdim.models.mlp import MLP, DeepTower, MLPArch, concat_inputs
 from recdim.models.neumf import NeuMFArch
 from recdim.models.rec_model import RecModel
 from recdim.models.wide_deep import WideDeepArch

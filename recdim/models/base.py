@@ -36,5 +36,4 @@ class InteractionArch(nn.Module, abc.ABC):
         self.num_dense = int(num_dense)
 
     @abc.abstractmethod
-    def forward(self, dense: torch.Tensor, embeddings: KeyedTensor) -> torch.Tensor:
-        ...
+    def forward(self, dense: torch.Tensor, embeddings: KeyedTensor) -> torch.Tensor: ...

@@ -92,9 +92,7 @@ class DLRMArch(InteractionArch):
     ) -> None:
         super().__init__(feature_names, embedding_dim, num_dense)
         k = self.embedding_dim
-        self.bottom: nn.Module = (
-            MLP(self.num_dense, list(bottom_mlp) + [k]) if self.num_dense > 0 else nn.Identity()
-        )
+        self.bottom: nn.Module = MLP(self.num_dense, list(bottom_mlp) + [k]) if self.num_dense > 0 else nn.Identity()
         num_vectors = len(self.feature_names) + (1 if self.num_dense > 0 else 0)
         if num_vectors < 2:
             raise ValueError(

@@ -48,9 +48,7 @@ def build_arch(
     if not names:
         raise ValueError(f"arch {arch!r} needs at least one sparse feature")
     if arch in ("mf", "neumf") and len(names) < 2:
-        raise ValueError(
-            f"arch {arch!r} needs two features (user, item), got {len(names)}: {names}"
-        )
+        raise ValueError(f"arch {arch!r} needs two features (user, item), got {len(names)}: {names}")
     if arch == "dlrm":
         return DLRMArch(names, k, num_dense, cfg.bottom_mlp, cfg.mlp, cfg.dropout, init_bias)
     if arch == "deepfm":

@@ -108,9 +108,7 @@ class SecondOrder(nn.Module):
         super().__init__()
         self.num_dense = int(num_dense)
         self.dense_vectors = (
-            nn.Parameter(torch.randn(self.num_dense, embedding_dim) * init_std)
-            if self.num_dense > 0
-            else None
+            nn.Parameter(torch.randn(self.num_dense, embedding_dim) * init_std) if self.num_dense > 0 else None
         )
 
     def field_vectors(self, dense: torch.Tensor, embeddings: torch.Tensor) -> torch.Tensor:

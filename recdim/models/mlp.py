@@ -114,7 +114,9 @@ class DeepTower(nn.Module):
         y = tower(torch.randn(8, 13), torch.randn(8, 3, 16))  # [8]
     """
 
-    def __init__(self, num_fields: int, embedding_dim: int, num_dense: int, hidden: Sequence[int], dropout: float = 0.0) -> None:
+    def __init__(
+        self, num_fields: int, embedding_dim: int, num_dense: int, hidden: Sequence[int], dropout: float = 0.0
+    ) -> None:
         super().__init__()
         self.mlp = MLP(num_fields * embedding_dim + num_dense, hidden, out_features=1, dropout=dropout)
         assert self.mlp.final is not None

@@ -57,8 +57,7 @@ class NeuMFArch(InteractionArch):
     ) -> None:
         if len(feature_names) < 2:
             raise ValueError(
-                f"NeuMF needs at least two features (user, item), got {len(feature_names)}: "
-                f"{list(feature_names)}"
+                f"NeuMF needs at least two features (user, item), got {len(feature_names)}: {list(feature_names)}"
             )
         super().__init__(feature_names, embedding_dim, num_dense)
         in_features = len(self.feature_names) * self.embedding_dim + self.num_dense

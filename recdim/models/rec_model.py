@@ -35,9 +35,7 @@ class RecModel(nn.Module):
     def __init__(self, provider: EmbeddingProvider, arch: InteractionArch) -> None:
         super().__init__()
         if provider.embedding_dim != arch.embedding_dim:
-            raise ValueError(
-                f"provider width {provider.embedding_dim} != arch width {arch.embedding_dim}"
-            )
+            raise ValueError(f"provider width {provider.embedding_dim} != arch width {arch.embedding_dim}")
         if provider.feature_names != arch.feature_names:
             raise ValueError(f"provider features {provider.feature_names} != arch features {arch.feature_names}")
         self.provider = provider

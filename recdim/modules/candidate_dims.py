@@ -16,8 +16,8 @@ The transforms act on pooled embeddings (a prefix slice of a pooled bag is the p
 tables stay in one pooled :class:`EmbeddingBagCollection`, sharded by DMP and trained by the fused
 optimizer. Features with the same candidates form a group whose transforms, normalisation and mixing
 run as one batched operation (per-feature parameters, per-channel statistics: the same maths as a loop
-over features, without F small kernels per step). The architecture weights are :meth:`arch_parameters`: trained on validation batches by
-``recdim.search.autodim``, never by the training optimizer.
+over features, without F small kernels per step). The architecture weights are :meth:`arch_parameters`:
+trained on validation batches by ``recdim.search.autodim``, never by the training optimizer.
 """
 
 from __future__ import annotations
@@ -62,7 +62,9 @@ class CandidateStorage(abc.ABC):
     """How a feature's candidate embeddings are stored in tables and read back after pooling."""
 
     @abc.abstractmethod
-    def table_configs(self, feature: str, num_embeddings: int, dims: Sequence[int], pooling: PoolingType) -> List[EmbeddingBagConfig]:
+    def table_configs(
+        self, feature: str, num_embeddings: int, dims: Sequence[int], pooling: PoolingType
+    ) -> List[EmbeddingBagConfig]:
         """The tables of ``feature``."""
 
     @abc.abstractmethod
@@ -82,8 +84,18 @@ class SharedPrefix(CandidateStorage):
     """Weight sharing: one table ``t_<feature>`` of the largest candidate; candidate j reads columns
     ``[0, d_j)``."""
 
-    def table_configs(self, feature: str, num_embeddings: int, dims: Sequence[int], pooling: PoolingType) -> List[EmbeddingBagConfig]:
-        return [EmbeddingBagConfig(name=f"t_{feature}", embedding_dim=max(dims), num_embeddings=num_embeddings, feature_names=[feature], pooling=pooling)]
+    def table_configs(
+        self, feature: str, num_embeddings: int, dims: Sequence[int], pooling: PoolingType
+    ) -> List[EmbeddingBagConfig]:
+        return [
+            EmbeddingBagConfig(
+                name=f"t_{feature}",
+                embedding_dim=max(dims),
+                num_embeddings=num_embeddings,
+                feature_names=[feature],
+                pooling=pooling,
+            )
+        ]
 
     def slices(self, dims: Sequence[int]) -> Slices:
         return [(0, d) for d in dims]
@@ -95,9 +107,17 @@ class SharedPrefix(CandidateStorage):
 class SeparateTables(CandidateStorage):
     """One table ``t_<feature>_d<d>`` per candidate; a feature's block is their concatenation."""
 
-    def table_configs(self, feature: str, num_embeddings: int, dims: Sequence[int], pooling: PoolingType) -> List[EmbeddingBagConfig]:
+    def table_configs(
+        self, feature: str, num_embeddings: int, dims: Sequence[int], pooling: PoolingType
+    ) -> List[EmbeddingBagConfig]:
         return [
-            EmbeddingBagConfig(name=f"t_{feature}_d{d}", embedding_dim=d, num_embeddings=num_embeddings, feature_names=[feature], pooling=pooling)
+            EmbeddingBagConfig(
+                name=f"t_{feature}_d{d}",
+                embedding_dim=d,
+                num_embeddings=num_embeddings,
+                feature_names=[feature],
+                pooling=pooling,
+            )
             for d in dims
         ]
 
@@ -161,7 +181,9 @@ class LinearBatchNorm(CandidateTransform):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, g = x.size(0), x.size(1)
-        y = torch.baddbmm(self.bias.unsqueeze(1), x.transpose(0, 1), (self.weight * self.mask).transpose(1, 2))  # [G, B, J*K]
+        y = torch.baddbmm(
+            self.bias.unsqueeze(1), x.transpose(0, 1), (self.weight * self.mask).transpose(1, 2)
+        )  # [G, B, J*K]
         y = self.bn(y.transpose(0, 1).reshape(b, -1))
         return y.view(b, g, self.num_candidates, self.embedding_dim)
 
@@ -196,8 +218,7 @@ class CandidateMixing(abc.ABC):
     """Turns the architecture weights of G features, alpha [G, J], into mixing weights p [G, J]."""
 
     @abc.abstractmethod
-    def __call__(self, features: Sequence[int], alpha: torch.Tensor, training: bool) -> torch.Tensor:
-        ...
+    def __call__(self, features: Sequence[int], alpha: torch.Tensor, training: bool) -> torch.Tensor: ...
 
 
 class EqualMixing(CandidateMixing):
@@ -274,7 +295,9 @@ class CandidateDimsProvider(EmbeddingProvider):
         pool = {"sum": PoolingType.SUM, "mean": PoolingType.MEAN}[pooling]
         self.storage = storage if storage is not None else SharedPrefix()
         per_feature = candidates if isinstance(candidates, Mapping) else {f: candidates for f in num_embeddings}
-        self.dims: Dict[str, Tuple[int, ...]] = {f: clip_candidates(per_feature[f], embedding_dim) for f in num_embeddings}
+        self.dims: Dict[str, Tuple[int, ...]] = {
+            f: clip_candidates(per_feature[f], embedding_dim) for f in num_embeddings
+        }
         self.num_embeddings = {f: int(n) for f, n in num_embeddings.items()}
         self.tables: List[EmbeddingBagConfig] = []
         for f, n in self.num_embeddings.items():
@@ -285,9 +308,13 @@ class CandidateDimsProvider(EmbeddingProvider):
         for i, f in enumerate(self._feature_names):
             groups.setdefault(self.dims[f], []).append(i)
         self.groups: List[Tuple[Tuple[int, ...], List[int]]] = list(groups.items())
-        self.transforms = nn.ModuleList([transform(self.storage.slices(d), embedding_dim, len(m)) for d, m in self.groups])
+        self.transforms = nn.ModuleList(
+            [transform(self.storage.slices(d), embedding_dim, len(m)) for d, m in self.groups]
+        )
         order = [i for _, members in self.groups for i in members]
-        self._order: Optional[List[int]] = None if order == sorted(order) else [order.index(i) for i in range(len(order))]
+        self._order: Optional[List[int]] = (
+            None if order == sorted(order) else [order.index(i) for i in range(len(order))]
+        )
         self.alpha = nn.ParameterList([nn.Parameter(torch.zeros(len(self.dims[f]))) for f in num_embeddings])
         self.mixing: CandidateMixing = EqualMixing()
 
@@ -311,7 +338,11 @@ class CandidateDimsProvider(EmbeddingProvider):
         out = outs[0] if len(outs) == 1 else torch.cat(outs, dim=1)
         if self._order is not None:
             out = out[:, self._order]
-        return KeyedTensor(keys=self.feature_names, length_per_key=[self._embedding_dim] * out.size(1), values=out.reshape(out.size(0), -1))
+        return KeyedTensor(
+            keys=self.feature_names,
+            length_per_key=[self._embedding_dim] * out.size(1),
+            values=out.reshape(out.size(0), -1),
+        )
 
     def arch_parameters(self) -> List[nn.Parameter]:
         return list(self.alpha)

@@ -43,6 +43,7 @@ from recdim.layout.mixed_dim_blocks import (  # noqa: F401  (re-exported)
 from recdim.modules.provider import EmbeddingProvider
 from recdim.modules.uniform import table_name
 
+
 @dataclass
 class _Layout:
     """How the pooled columns of one EBC output key order are lifted (see ``_lift_layout``)."""
@@ -107,8 +108,13 @@ class MixedDimensionProvider(EmbeddingProvider):
         self._keys: List[str] = r.keys  # per block, its KJT key
         self._slot_keys = r.slot_keys
         self.tables: List[EmbeddingBagConfig] = [
-            EmbeddingBagConfig(name=table_name(r.keys[i]), embedding_dim=r.blocks[i].dim,
-                               num_embeddings=r.blocks[i].rows, feature_names=[r.keys[i]], pooling=PoolingType.SUM)
+            EmbeddingBagConfig(
+                name=table_name(r.keys[i]),
+                embedding_dim=r.blocks[i].dim,
+                num_embeddings=r.blocks[i].rows,
+                feature_names=[r.keys[i]],
+                pooling=PoolingType.SUM,
+            )
             for i in r.stored
         ]
         # Projections of width d stacked in one [n_d, d, K] parameter (ascending d, so that they draw the
@@ -118,18 +124,25 @@ class MixedDimensionProvider(EmbeddingProvider):
         for d in r.widths:
             slots = r.projected_slots[d]
             bound = (6.0 / (d + K)) ** 0.5
-            self.projections[f"w{d}"] = nn.Parameter(torch.empty(len(slots), d, K, device=buf_device).uniform_(-bound, bound))
+            self.projections[f"w{d}"] = nn.Parameter(
+                torch.empty(len(slots), d, K, device=buf_device).uniform_(-bound, bound)
+            )
             for k, slot in enumerate(slots):
                 self._proj_index[self._slot_keys[slot]] = (f"w{d}", k)
         self._lift_rows = r.lift_rows
         self.register_buffer("_eye", torch.eye(K, device=buf_device), persistent=False)
         self._slot_feature = r.slot_feature
         # After the projections: they draw the same values whatever device the tables are built on.
-        self.ebc = EmbeddingBagCollection(tables=self.tables, is_weighted=is_weighted, device=device) if r.stored else None
+        self.ebc = (
+            EmbeddingBagCollection(tables=self.tables, is_weighted=is_weighted, device=device) if r.stored else None
+        )
         # Global id (feature offset + id) -> block by one searchsorted over block starts.
         self._drops = r.drops
-        for name, values in (("_feature_offsets", r.feature_offsets), ("_block_starts", r.block_starts),
-                             ("_slot_of_block", r.slot_of_block)):
+        for name, values in (
+            ("_feature_offsets", r.feature_offsets),
+            ("_block_starts", r.block_starts),
+            ("_slot_of_block", r.slot_of_block),
+        ):
             self.register_buffer(name, torch.tensor(values, dtype=torch.int64, device=buf_device), persistent=False)
         self._layout: Optional[_Layout] = None
 
@@ -176,7 +189,10 @@ class MixedDimensionProvider(EmbeddingProvider):
         key, order = torch.sort(slot * B + torch.remainder(seg, B), stable=True)
         counts = torch.bincount(key, minlength=len(self._slot_keys) * B).to(lengths.dtype)
         return KeyedJaggedTensor(
-            keys=self._slot_keys, values=local.index_select(0, order), lengths=counts, stride=B,
+            keys=self._slot_keys,
+            values=local.index_select(0, order),
+            lengths=counts,
+            stride=B,
             weights=None if weights is None else weights.index_select(0, order),
         )
 
@@ -227,7 +243,9 @@ class MixedDimensionProvider(EmbeddingProvider):
             # One product per feature: its blocks' pooled rows side by side times their stacked lifts (split,
             # not sliced: a slice's backward would write a [B, C] gradient per feature).
             sizes = [b - a for a, b in layout.ranges]
-            out = torch.stack([x @ m if n else zeros for x, m, n in zip(pooled.split(sizes, 1), lift.split(sizes), sizes)], 1)
+            out = torch.stack(
+                [x @ m if n else zeros for x, m, n in zip(pooled.split(sizes, 1), lift.split(sizes), sizes)], 1
+            )
         if self.pooling == "mean":
             lengths = features.lengths().view(F, B).t().clamp(min=1).unsqueeze(-1)
             out = out / lengths.to(out.dtype)
@@ -287,7 +305,9 @@ def mixed_dim_provider_factory(
         session = open_session(cfg, mixed_dim_provider_factory(blocks_from_assignment(a), a.embedding_dim))
     """
 
-    def factory(cfg: ModelConfig, num_embeddings: Dict[str, int], weighted: bool, device: torch.device) -> EmbeddingProvider:
+    def factory(
+        cfg: ModelConfig, num_embeddings: Dict[str, int], weighted: bool, device: torch.device
+    ) -> EmbeddingProvider:
         if cfg.embedding_dim != embedding_dim:
             raise ValueError(f"the blocks are for K = {embedding_dim}, the model wants K = {cfg.embedding_dim}")
         missing = sorted(set(num_embeddings) - {b.feature for b in blocks})

@@ -46,8 +46,7 @@ class EmbeddingProvider(nn.Module, abc.ABC):
         return self._embedding_dim
 
     @abc.abstractmethod
-    def forward(self, features: KeyedJaggedTensor) -> KeyedTensor:
-        ...
+    def forward(self, features: KeyedJaggedTensor) -> KeyedTensor: ...
 
     def arch_parameters(self) -> List[nn.Parameter]:
         """The method's architecture parameters (DNIS alpha, AutoDim weights), trained on validation

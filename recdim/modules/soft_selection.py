@@ -18,6 +18,8 @@ from torchrec.modules.embedding_configs import EmbeddingBagConfig, EmbeddingConf
 from torchrec.modules.embedding_modules import EmbeddingBagCollection, EmbeddingCollection
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor, KeyedTensor
 
+from recdim.layout.blocks import BlockPlan
+from recdim.layout.selection_routing import SelectionRouting
 from recdim.modules.provider import EmbeddingProvider
 from recdim.modules.selection_paths import (  # noqa: F401  (re-exported)
     BlockSplitPooling,
@@ -27,8 +29,6 @@ from recdim.modules.selection_paths import (  # noqa: F401  (re-exported)
     SequenceScaling,
 )
 from recdim.modules.uniform import table_name
-from recdim.layout.blocks import BlockPlan
-from recdim.layout.selection_routing import SelectionRouting
 
 
 @dataclass
@@ -120,16 +120,23 @@ class SoftSelectionProvider(EmbeddingProvider):
 
         self.tables: List[EmbeddingBagConfig] = [
             EmbeddingBagConfig(
-                name=table_name(f), embedding_dim=K, num_embeddings=int(num_embeddings[f]),
-                feature_names=self.paths[f].keys(f, L), pooling=PoolingType.SUM,
+                name=table_name(f),
+                embedding_dim=K,
+                num_embeddings=int(num_embeddings[f]),
+                feature_names=self.paths[f].keys(f, L),
+                pooling=PoolingType.SUM,
             )
             for f in pooled_f
         ]
         self.seq_tables: List[EmbeddingConfig] = [
-            EmbeddingConfig(name=table_name(f), embedding_dim=K, num_embeddings=int(num_embeddings[f]), feature_names=[f])
+            EmbeddingConfig(
+                name=table_name(f), embedding_dim=K, num_embeddings=int(num_embeddings[f]), feature_names=[f]
+            )
             for f in seq_f
         ]
-        self.ebc = EmbeddingBagCollection(tables=self.tables, is_weighted=is_weighted, device=device) if pooled_f else None
+        self.ebc = (
+            EmbeddingBagCollection(tables=self.tables, is_weighted=is_weighted, device=device) if pooled_f else None
+        )
         self.ec = EmbeddingCollection(tables=self.seq_tables, device=device) if seq_f else None
         self._needs_routing = bool(seq_f) or self._ebc_keys != pooled_f
 
@@ -137,8 +144,12 @@ class SoftSelectionProvider(EmbeddingProvider):
         self.alpha = nn.Parameter(torch.ones(plan.num_alpha_rows, K, device=alpha_device))
 
         # Global id (feature offset + id) -> virtual (feature, block) by one searchsorted over block starts.
-        for name, values in (("_feature_offsets", r.feature_offsets), ("_block_starts", r.block_starts),
-                             ("_slot_of_block", r.slot_of_block), ("_row_of_block", r.row_of_block)):
+        for name, values in (
+            ("_feature_offsets", r.feature_offsets),
+            ("_block_starts", r.block_starts),
+            ("_slot_of_block", r.slot_of_block),
+            ("_row_of_block", r.row_of_block),
+        ):
             self.register_buffer(name, torch.tensor(values, dtype=torch.int64), persistent=False)
         # Groups: (path, feature indices, EBC slots); output order restored by self._inverse.
         self._groups: List[Tuple[SelectionPath, List[int], List[int]]] = r.groups
@@ -174,8 +185,11 @@ class SoftSelectionProvider(EmbeddingProvider):
         ebc = None
         if E:
             ebc = KeyedJaggedTensor(
-                keys=self._ebc_keys, values=values[:n], weights=None if weights is None else weights[:n],
-                lengths=lengths[: E * B], stride=B,
+                keys=self._ebc_keys,
+                values=values[:n],
+                weights=None if weights is None else weights[:n],
+                lengths=lengths[: E * B],
+                stride=B,
             )
         if not self._seq_features:
             return _Routed(ebc)

@@ -17,6 +17,7 @@ Gate = Callable[[torch.Tensor], torch.Tensor]
 
 GATES: Dict[str, Gate] = {"sigmoid": torch.sigmoid, "exp": torch.exp}
 
+
 def soft_threshold(values: torch.Tensor, threshold: torch.Tensor) -> torch.Tensor:
     """S(V, t) = sign(V) * relu(|V| - t), elementwise with broadcasting.
 
@@ -126,5 +127,7 @@ def paired_soft_threshold(rows: torch.Tensor, offset: torch.Tensor, gate: Gate) 
         out = paired_soft_threshold(ebc_rows.view(B, G, 2 * K), provider.threshold_offset, torch.sigmoid)
     """
     if gate not in NEG_GATE_GRADS:
-        raise ValueError(f"paired_soft_threshold needs a gate with a known derivative ({list(NEG_GATE_GRADS)}), got {gate}")
+        raise ValueError(
+            f"paired_soft_threshold needs a gate with a known derivative ({list(NEG_GATE_GRADS)}), got {gate}"
+        )
     return _PairedSoftThreshold.apply(rows, offset, gate)

@@ -15,7 +15,6 @@ import torch
 from torch import nn
 from torch.distributed._shard.sharded_tensor import ShardedTensor
 
-
 ROWS_PER_BLOCK = 4096
 
 # State-dict keys of TorchRec table weights (EmbeddingBagCollection / EmbeddingCollection, sharded or not).
@@ -27,7 +26,9 @@ def _block_seed(seed: int, key: str, block: int) -> int:
     return int.from_bytes(digest, "little") & ((1 << 63) - 1)
 
 
-def table_rows(seed: int, key: str, rows: Tuple[int, int], cols: Tuple[int, int], full_dim: int, std: float) -> torch.Tensor:
+def table_rows(
+    seed: int, key: str, rows: Tuple[int, int], cols: Tuple[int, int], full_dim: int, std: float
+) -> torch.Tensor:
     """Rows ``[r0, r1)`` and columns ``[c0, c1)`` of table ``key`` as initialised by :func:`init_tables`.
 
     Args:

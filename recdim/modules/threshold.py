@@ -197,12 +197,19 @@ class ThresholdEmbeddingProvider(EmbeddingProvider):
         self.bag_features = [f for f in features if f in single_valued]
         self.seq_features = [f for f in features if f not in single_valued]
         self.bag_tables = [
-            EmbeddingBagConfig(name=table_name(f), embedding_dim=width, num_embeddings=self.num_embeddings[f],
-                               feature_names=[f], pooling=PoolingType.SUM)
+            EmbeddingBagConfig(
+                name=table_name(f),
+                embedding_dim=width,
+                num_embeddings=self.num_embeddings[f],
+                feature_names=[f],
+                pooling=PoolingType.SUM,
+            )
             for f in self.bag_features
         ]
         self.seq_tables = [
-            EmbeddingConfig(name=table_name(f), embedding_dim=width, num_embeddings=self.num_embeddings[f], feature_names=[f])
+            EmbeddingConfig(
+                name=table_name(f), embedding_dim=width, num_embeddings=self.num_embeddings[f], feature_names=[f]
+            )
             for f in self.seq_features
         ]
         by_name: Dict[str, BaseEmbeddingConfig] = {t.name: t for t in [*self.bag_tables, *self.seq_tables]}
@@ -213,8 +220,12 @@ class ThresholdEmbeddingProvider(EmbeddingProvider):
         # input order: pooled features first, then per-id ones; output order restored by _inverse
         self._input_order = self.bag_features + self.seq_features
         order = [features.index(f) for f in self._input_order]
-        self.register_buffer("_bag_index", torch.tensor(order[: len(self.bag_features)], dtype=torch.int64), persistent=False)
-        self.register_buffer("_seq_index", torch.tensor(order[len(self.bag_features) :], dtype=torch.int64), persistent=False)
+        self.register_buffer(
+            "_bag_index", torch.tensor(order[: len(self.bag_features)], dtype=torch.int64), persistent=False
+        )
+        self.register_buffer(
+            "_seq_index", torch.tensor(order[len(self.bag_features) :], dtype=torch.int64), persistent=False
+        )
         inverse = [order.index(i) for i in range(len(features))]
         self._inverse: Optional[List[int]] = None if inverse == list(range(len(features))) else inverse
         self._kt_perm: Optional[Tuple[Tuple[str, ...], Optional[List[int]]]] = None
@@ -257,7 +268,9 @@ class ThresholdEmbeddingProvider(EmbeddingProvider):
         if self._inverse is not None:
             out = out[:, self._inverse]
         batch, num_features, k = out.size(0), out.size(1), self._embedding_dim
-        return KeyedTensor(keys=self.feature_names, length_per_key=[k] * num_features, values=out.reshape(batch, num_features * k))
+        return KeyedTensor(
+            keys=self.feature_names, length_per_key=[k] * num_features, values=out.reshape(batch, num_features * k)
+        )
 
     def _pooled_path(self, kjt: KeyedJaggedTensor) -> torch.Tensor:
         """Single-valued features: S of each pooled row (= the row of the bag's one id), weighted. [B, G, K]."""
@@ -284,7 +297,10 @@ class ThresholdEmbeddingProvider(EmbeddingProvider):
         """Columns that put the (possibly sharded) EBC's output keys in ``bag_features`` order."""
         keys = tuple(kt.keys())
         if self._kt_perm is None or self._kt_perm[0] != keys:
-            self._kt_perm = (keys, None if list(keys) == self.bag_features else [keys.index(f) for f in self.bag_features])
+            self._kt_perm = (
+                keys,
+                None if list(keys) == self.bag_features else [keys.index(f) for f in self.bag_features],
+            )
         return self._kt_perm[1]
 
     def _per_id_path(self, kjt: KeyedJaggedTensor) -> torch.Tensor:

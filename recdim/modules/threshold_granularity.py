@@ -25,7 +25,6 @@ from typing import Dict, Sequence, Tuple
 import torch
 from torch import nn
 
-
 ColumnRange = Tuple[int, int]
 
 
@@ -40,7 +39,9 @@ class Thresholds(nn.Module, abc.ABC):
     columns_per_value: int = 1
 
     @abc.abstractmethod
-    def split(self, rows: torch.Tensor, counts: Sequence[int], features: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+    def split(
+        self, rows: torch.Tensor, counts: Sequence[int], features: torch.Tensor
+    ) -> Tuple[torch.Tensor, torch.Tensor]:
         """Values and thresholds of per-id rows.
 
         Args:
@@ -65,7 +66,9 @@ class Thresholds(nn.Module, abc.ABC):
         """
 
     @abc.abstractmethod
-    def split_piece(self, feature: int, piece: torch.Tensor, cols: ColumnRange) -> Tuple[torch.Tensor, torch.Tensor, ColumnRange]:
+    def split_piece(
+        self, feature: int, piece: torch.Tensor, cols: ColumnRange
+    ) -> Tuple[torch.Tensor, torch.Tensor, ColumnRange]:
         """Values and thresholds of a local table shard covering table columns ``cols``.
 
         Returns:
@@ -91,13 +94,17 @@ class GlobalThreshold(Thresholds):
         super().__init__()
         self.s = nn.Parameter(torch.full((1,), float(init)))
 
-    def split(self, rows: torch.Tensor, counts: Sequence[int], features: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+    def split(
+        self, rows: torch.Tensor, counts: Sequence[int], features: torch.Tensor
+    ) -> Tuple[torch.Tensor, torch.Tensor]:
         return rows, self.s
 
     def split_grouped(self, rows: torch.Tensor, features: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
         return rows, self.s
 
-    def split_piece(self, feature: int, piece: torch.Tensor, cols: ColumnRange) -> Tuple[torch.Tensor, torch.Tensor, ColumnRange]:
+    def split_piece(
+        self, feature: int, piece: torch.Tensor, cols: ColumnRange
+    ) -> Tuple[torch.Tensor, torch.Tensor, ColumnRange]:
         return piece, self.s, cols
 
 
@@ -113,13 +120,17 @@ class DimensionThreshold(Thresholds):
         super().__init__()
         self.s = nn.Parameter(torch.full((embedding_dim,), float(init)))
 
-    def split(self, rows: torch.Tensor, counts: Sequence[int], features: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+    def split(
+        self, rows: torch.Tensor, counts: Sequence[int], features: torch.Tensor
+    ) -> Tuple[torch.Tensor, torch.Tensor]:
         return rows, self.s
 
     def split_grouped(self, rows: torch.Tensor, features: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
         return rows, self.s
 
-    def split_piece(self, feature: int, piece: torch.Tensor, cols: ColumnRange) -> Tuple[torch.Tensor, torch.Tensor, ColumnRange]:
+    def split_piece(
+        self, feature: int, piece: torch.Tensor, cols: ColumnRange
+    ) -> Tuple[torch.Tensor, torch.Tensor, ColumnRange]:
         return piece, self.s[cols[0] : cols[1]], cols
 
 
@@ -135,7 +146,9 @@ class FeatureThreshold(Thresholds):
         super().__init__()
         self.s = nn.Parameter(torch.full((num_features,), float(init)))
 
-    def split(self, rows: torch.Tensor, counts: Sequence[int], features: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+    def split(
+        self, rows: torch.Tensor, counts: Sequence[int], features: torch.Tensor
+    ) -> Tuple[torch.Tensor, torch.Tensor]:
         repeats = torch.tensor(counts, device=self.s.device)
         per_row = torch.repeat_interleave(self.s[features.to(self.s.device)], repeats, output_size=rows.size(0))
         return rows, per_row.unsqueeze(1)
@@ -143,7 +156,9 @@ class FeatureThreshold(Thresholds):
     def split_grouped(self, rows: torch.Tensor, features: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
         return rows, self.s[features.to(self.s.device)].unsqueeze(1)  # [G, 1]
 
-    def split_piece(self, feature: int, piece: torch.Tensor, cols: ColumnRange) -> Tuple[torch.Tensor, torch.Tensor, ColumnRange]:
+    def split_piece(
+        self, feature: int, piece: torch.Tensor, cols: ColumnRange
+    ) -> Tuple[torch.Tensor, torch.Tensor, ColumnRange]:
         return piece, self.s[feature], cols
 
 
@@ -164,7 +179,9 @@ class FeatureDimensionThreshold(Thresholds):
         super().__init__()
         self.init = float(init)
 
-    def split(self, rows: torch.Tensor, counts: Sequence[int], features: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+    def split(
+        self, rows: torch.Tensor, counts: Sequence[int], features: torch.Tensor
+    ) -> Tuple[torch.Tensor, torch.Tensor]:
         pairs = rows.reshape(rows.size(0), -1, 2)
         return pairs[..., 0], pairs[..., 1]
 
@@ -172,7 +189,9 @@ class FeatureDimensionThreshold(Thresholds):
         pairs = rows.reshape(rows.size(0), rows.size(1), -1, 2)
         return pairs[..., 0], pairs[..., 1]
 
-    def split_piece(self, feature: int, piece: torch.Tensor, cols: ColumnRange) -> Tuple[torch.Tensor, torch.Tensor, ColumnRange]:
+    def split_piece(
+        self, feature: int, piece: torch.Tensor, cols: ColumnRange
+    ) -> Tuple[torch.Tensor, torch.Tensor, ColumnRange]:
         if cols[0] % 2 or cols[1] % 2:
             raise ValueError(f"a shard splits a (value, threshold) pair: columns {cols}")
         return piece[:, 0::2], piece[:, 1::2], (cols[0] // 2, cols[1] // 2)

@@ -26,19 +26,20 @@ from torchrec.modules.embedding_modules import EmbeddingBagCollection, Embedding
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor, KeyedTensor
 
 from recdim.config import ModelConfig
-from recdim.modules.provider import EmbeddingProvider
-from recdim.modules.remap import remap_lookup
 from recdim.layout.tier_plan import TablePlan, TierPlan
 from recdim.layout.tier_routing import TierRouting
 from recdim.layout.tier_values import masked_table, tier_values
-
+from recdim.modules.provider import EmbeddingProvider
+from recdim.modules.remap import remap_lookup
 
 
 def _per_id_collection(tiers: Sequence[TierPlan], width: int, device: Optional[torch.device]) -> EmbeddingCollection:
     """One EmbeddingCollection holding the per-id tiers of one width."""
     return EmbeddingCollection(
-        tables=[EmbeddingConfig(name=t.name, embedding_dim=width, num_embeddings=t.num_rows, feature_names=[t.feature_name])
-                for t in tiers],
+        tables=[
+            EmbeddingConfig(name=t.name, embedding_dim=width, num_embeddings=t.num_rows, feature_names=[t.feature_name])
+            for t in tiers
+        ],
         device=device,
     )
 
@@ -109,10 +110,18 @@ class TieredEmbeddingProvider(EmbeddingProvider):
             self.ebc = EmbeddingBagCollection(
                 tables=[r.tiers[g][1].embedding_bag_config() for g in r.pooled], is_weighted=is_weighted, device=device
             )
-        self.ecs = nn.ModuleDict({f"w{w}": _per_id_collection([r.tiers[g][1] for g in r.per_id[w]], w, device) for w in r.widths})
+        self.ecs = nn.ModuleDict(
+            {f"w{w}": _per_id_collection([r.tiers[g][1] for g in r.per_id[w]], w, device) for w in r.widths}
+        )
         self.remaps = nn.ModuleList([remap_lookup(p.remap, buf_device) for p in self.plans])
-        index = {"_row_base": r.row_base, "_tier_starts": r.tier_starts, "_slot_of_tier": r.slot_of_tier,
-                 "_tier_feature": r.tier_feature, "_map_base": r.map_base, "_map_stride": r.map_stride}
+        index = {
+            "_row_base": r.row_base,
+            "_tier_starts": r.tier_starts,
+            "_slot_of_tier": r.slot_of_tier,
+            "_tier_feature": r.tier_feature,
+            "_map_base": r.map_base,
+            "_map_stride": r.map_stride,
+        }
         for name, values in index.items():
             self.register_buffer(name, torch.tensor(values, dtype=torch.int64, device=buf_device), persistent=False)
         for w, maps in r.maps.items():  # per-id column maps, one buffer per width
@@ -203,9 +212,14 @@ class TieredEmbeddingProvider(EmbeddingProvider):
         # Remap, then route the kept ids: sorted by (slot, sample), one KJT key per tier.
         offs = features.offset_per_key()
         rows = torch.cat([self.remaps[f](ids[offs[f] : offs[f + 1]]) for f in range(F)])
-        seg = torch.repeat_interleave(torch.arange(F * B, device=ids.device), lengths.to(torch.int64), output_size=ids.numel())
-        feat = torch.repeat_interleave(torch.arange(F, device=ids.device), torch.tensor(features.length_per_key(), device=ids.device),
-                                       output_size=ids.numel())
+        seg = torch.repeat_interleave(
+            torch.arange(F * B, device=ids.device), lengths.to(torch.int64), output_size=ids.numel()
+        )
+        feat = torch.repeat_interleave(
+            torch.arange(F, device=ids.device),
+            torch.tensor(features.length_per_key(), device=ids.device),
+            output_size=ids.numel(),
+        )
         kept = torch.nonzero(rows >= 0).squeeze(1)
         seg, feat = seg.index_select(0, kept), feat.index_select(0, kept)  # seg = feature * B + sample
         grow = rows.index_select(0, kept) + self._row_base.index_select(0, feat)
@@ -222,9 +236,14 @@ class TieredEmbeddingProvider(EmbeddingProvider):
         per_id = torch.zeros(F * B, K + 1, device=ids.device)
         for (lo, hi, w), ec in zip(self._segments, self.ecs.values()):
             a, b = ends[lo], ends[hi]
-            jts = ec(KeyedJaggedTensor(
-                keys=self._ec_keys[w], values=local[a:b], lengths=counts[lo * B : hi * B].to(lengths.dtype), stride=B,
-            ))
+            jts = ec(
+                KeyedJaggedTensor(
+                    keys=self._ec_keys[w],
+                    values=local[a:b],
+                    lengths=counts[lo * B : hi * B].to(lengths.dtype),
+                    stride=B,
+                )
+            )
             v = torch.cat([self.table_output(jts[k].values()) for k in self._ec_keys[w]])  # [b - a, w]
             if weights is not None:
                 v = v * weights.index_select(0, pos[a:b]).unsqueeze(1).to(v.dtype)
@@ -239,16 +258,23 @@ class TieredEmbeddingProvider(EmbeddingProvider):
         # Pooled: shared-map tiers scattered once per bag into [B, F * (K + 1)].
         if self.ebc is not None:
             n = ends[self._num_ebc_slots]
-            kt = self.ebc(KeyedJaggedTensor(
-                keys=self._ebc_keys, values=local[:n], lengths=counts[: self._num_ebc_slots * B].to(lengths.dtype),
-                weights=weights.index_select(0, pos[:n]) if weights is not None else None, stride=B,
-            ))
+            kt = self.ebc(
+                KeyedJaggedTensor(
+                    keys=self._ebc_keys,
+                    values=local[:n],
+                    lengths=counts[: self._num_ebc_slots * B].to(lengths.dtype),
+                    weights=weights.index_select(0, pos[:n]) if weights is not None else None,
+                    stride=B,
+                )
+            )
             pooled = self.table_output(kt.values())  # [B, sum of pooled tier widths]
             bags = torch.zeros(B, F * (K + 1), dtype=pooled.dtype, device=pooled.device)
             out = out.to(pooled.dtype) + bags.index_add_(1, self._ebc_layout(kt), pooled).view(B, F, K + 1)
         out = out[:, :, :K].reshape(B, F * K)
         if self.pooling == "mean":
-            out = (out.view(B, F, K) / lengths.view(F, B).t().clamp(min=1).unsqueeze(-1).to(out.dtype)).reshape(B, F * K)
+            out = (out.view(B, F, K) / lengths.view(F, B).t().clamp(min=1).unsqueeze(-1).to(out.dtype)).reshape(
+                B, F * K
+            )
         return KeyedTensor(keys=names, length_per_key=[K] * F, values=out)
 
 
@@ -271,7 +297,9 @@ def tiered_provider_factory(
         write_tier_tables(session.dmp, plans, initial_weights)    # or init_tables(..., masked_init(plans))
     """
 
-    def factory(cfg: ModelConfig, num_embeddings: Dict[str, int], weighted: bool, device: torch.device) -> EmbeddingProvider:
+    def factory(
+        cfg: ModelConfig, num_embeddings: Dict[str, int], weighted: bool, device: torch.device
+    ) -> EmbeddingProvider:
         by_feature = {p.feature: p for p in plans}
         missing = [f for f in num_embeddings if f not in by_feature]
         if missing:
@@ -279,8 +307,10 @@ def tiered_provider_factory(
         chosen = [by_feature[f] for f in num_embeddings]
         for p in chosen:
             if p.num_embeddings != num_embeddings[p.feature] or p.embedding_dim != cfg.embedding_dim:
-                raise ValueError(f"plan {p.name} is [{p.num_embeddings}, {p.embedding_dim}], the model wants "
-                                 f"[{num_embeddings[p.feature]}, {cfg.embedding_dim}]")
+                raise ValueError(
+                    f"plan {p.name} is [{p.num_embeddings}, {p.embedding_dim}], the model wants "
+                    f"[{num_embeddings[p.feature]}, {cfg.embedding_dim}]"
+                )
         multi = [f for f in multi_valued if f in num_embeddings]
         return TieredEmbeddingProvider(chosen, multi, cfg.pooling, weighted, device)
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Dict, Mapping, Optional, Sequence
+from typing import Dict, Mapping, Optional
 
 import torch
 from torchrec.modules.embedding_configs import EmbeddingBagConfig, PoolingType

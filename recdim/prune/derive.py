@@ -40,8 +40,9 @@ def load_searched(search_dir: Path) -> "tuple[SearchMethod, SearchedModel]":
         raise RuntimeError("recdim prune runs in one process (it reads whole tables); run it without torchrun")
     load_model(session.dmp, search_dir)
     arch_state = {k: v.detach().clone() for k, v in session.model.arch.state_dict().items()}
-    searched = SearchedModel(Path(search_dir), scfg, dataset, list(features), session.model.provider,
-                             full_tables(session.dmp), arch_state)
+    searched = SearchedModel(
+        Path(search_dir), scfg, dataset, list(features), session.model.provider, full_tables(session.dmp), arch_state
+    )
     return method, searched
 
 

@@ -18,10 +18,11 @@ w_1 < ... < w_C of multiples of 4: all multiples of 4 up to K by default, or ``P
 
 Guarantee: among all partitions of the kept rows into at most T tiers with palette widths, priced as in
 step 2, the plan has the fewest value + column-map bytes (ties broken towards fewer tiers);
-``tests/prune/test_planner.py`` checks this against brute force over all partitions on small tables. The remap is chosen afterwards
-(it is not part of the optimisation): a dense per-id array of the narrowest integer type, or runs of
-consecutive ids when that is smaller (frequency-blocked masks). Per-row maps appear only when the
-table has more distinct column sets than ``max_tiers`` allows shared tiers for.
+``tests/prune/test_planner.py`` checks this against brute force over all partitions on small tables.
+The remap is chosen afterwards (it is not part of the optimisation): a dense per-id array of the
+narrowest integer type, or runs of consecutive ids when that is smaller (frequency-blocked masks).
+Per-row maps appear only when the table has more distinct column sets than ``max_tiers`` allows shared
+tiers for.
 
 A smaller palette (e.g. ``widths=(4, 8, 16, 32)``) costs some padding but bounds the number of distinct
 widths over all tables, hence the EmbeddingCollections the tier provider runs per batch.
@@ -197,7 +198,9 @@ def choose_remap(global_rows: torch.Tensor, kept_rows: int) -> IdRemap:
     if N == 0:
         return dense
     prev = torch.cat([torch.tensor([-2]), global_rows[:-1]])
-    cont = ((global_rows >= 0) & (prev >= 0) & (global_rows == prev + 1)) | ((global_rows < 0) & (prev < 0) & (prev > -2))
+    cont = ((global_rows >= 0) & (prev >= 0) & (global_rows == prev + 1)) | (
+        (global_rows < 0) & (prev < 0) & (prev > -2)
+    )
     starts = torch.nonzero(~cont).squeeze(1)
     runs = RunRemap(
         starts.to(smallest_int_dtype(0, max(N - 1, 0))),

@@ -7,10 +7,10 @@ from pathlib import Path
 from typing import Any, Dict, List
 
 from recdim.config import Config
+from recdim.fsio import write_json
 from recdim.prune.derive import derive
 from recdim.prune.planner import PlannerConfig
 from recdim.prune.store import write_pruned
-from recdim.fsio import write_json
 
 log = logging.getLogger(__name__)
 
@@ -21,7 +21,8 @@ def run_prune(cfg: Config, search_dir: Path, out_dir: Path) -> List[Path]:
 
     Example::
 
-        dirs = run_prune(load("configs/demo.toml", ["prune.crs=[4.0, 8.0]"]), Path("runs/dnis"), Path("runs/dnis-pruned"))
+        cfg = load("configs/demo.toml", ["prune.crs=[4.0, 8.0]"])
+        dirs = run_prune(cfg, Path("runs/dnis"), Path("runs/dnis-pruned"))
     """
     planner = PlannerConfig(max_tiers=cfg.prune.max_tiers)
     dirs: List[Path] = []

@@ -20,9 +20,9 @@ from typing import Any, Dict, List, Mapping, Optional
 import torch
 from safetensors.torch import load_file, save_file
 
-from recdim.layout.pruned import PrunedModel
 from recdim.layout.masks import mask_stats
-from recdim.layout.tier_plan import PlanBytes, TablePlan
+from recdim.layout.pruned import PrunedModel
+from recdim.layout.tier_plan import TablePlan
 from recdim.prune.planner import PlannerConfig, plan_tables
 
 BYTE_KINDS = ("values", "column_maps", "remap", "uniform", "csr", "coo", "floor", "nnz")

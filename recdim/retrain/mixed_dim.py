@@ -15,10 +15,10 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from recdim.config import Config
-from recdim.modules.mixed_dim import Segment, MixedDimensionProvider, blocks_from_assignment, mixed_dim_provider_factory
-from recdim.layout.dims import DimAssignment
-from recdim.train.model_io import save_model
 from recdim.fsio import write_json
+from recdim.layout.dims import DimAssignment
+from recdim.modules.mixed_dim import MixedDimensionProvider, Segment, blocks_from_assignment, mixed_dim_provider_factory
+from recdim.train.model_io import save_model
 from recdim.train.run import Session, open_session, train_and_evaluate
 
 LAYOUT_FILE = "layout.json"
@@ -43,8 +43,14 @@ def mixed_dim_session(cfg: Config, blocks: Sequence[Segment], out_dir: Optional[
 
 def write_layout(path: Path, assignment: DimAssignment, blocks: Sequence[Segment]) -> None:
     """Writes the blocks a saved model needs to be rebuilt (``layout.json``)."""
-    write_json(path, {"method": assignment.method, "embedding_dim": assignment.embedding_dim,
-                      "blocks": [b.to_json() for b in blocks]})
+    write_json(
+        path,
+        {
+            "method": assignment.method,
+            "embedding_dim": assignment.embedding_dim,
+            "blocks": [b.to_json() for b in blocks],
+        },
+    )
 
 
 def read_layout(run_dir: Path) -> Tuple[List[Segment], Dict[str, Any]]:
@@ -79,7 +85,9 @@ def run_retrain_dims(cfg: Config, assignment: DimAssignment, out_dir: Path) -> D
     t0 = time.perf_counter()
     out_dir = Path(out_dir)
     if assignment.embedding_dim != cfg.model.embedding_dim:
-        raise ValueError(f"assignment is for K = {assignment.embedding_dim}, the config has K = {cfg.model.embedding_dim}")
+        raise ValueError(
+            f"assignment is for K = {assignment.embedding_dim}, the config has K = {cfg.model.embedding_dim}"
+        )
     blocks = blocks_from_assignment(assignment)
     session = mixed_dim_session(cfg, blocks, out_dir)
     missing = sorted(set(assignment.dims) - set(session.features))
@@ -88,18 +96,25 @@ def run_retrain_dims(cfg: Config, assignment: DimAssignment, out_dir: Path) -> D
     provider = session.model.provider
     assert isinstance(provider, MixedDimensionProvider)
     if provider.embedding_params() != assignment.params:
-        raise RuntimeError(f"the provider stores {provider.embedding_params():,} values, the assignment counts "
-                           f"{assignment.params:,}")
+        raise RuntimeError(
+            f"the provider stores {provider.embedding_params():,} values, the assignment counts {assignment.params:,}"
+        )
     results = train_and_evaluate(session, None)
     results["prune"] = {
-        "method": assignment.method, "cr": assignment.cr, "kept": assignment.params,
-        "total": assignment.uniform_params, "info": assignment.summary(), "tiers": None,
+        "method": assignment.method,
+        "cr": assignment.cr,
+        "kept": assignment.params,
+        "total": assignment.uniform_params,
+        "info": assignment.summary(),
+        "tiers": None,
     }
     values = provider.embedding_params() - provider.projection_params()
     total = provider.embedding_bytes()
     results["plan_bytes"] = {
-        "values": 4 * values, "projections": 4 * provider.projection_params(),
-        "boundaries": total - 4 * provider.embedding_params(), "total": total,
+        "values": 4 * values,
+        "projections": 4 * provider.projection_params(),
+        "boundaries": total - 4 * provider.embedding_params(),
+        "total": total,
         "uniform": 4 * assignment.uniform_params,
         "compression": 4 * assignment.uniform_params / total if total else float("inf"),
     }

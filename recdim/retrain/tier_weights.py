@@ -68,7 +68,9 @@ def write_tier_tables(model: nn.Module, plans: Sequence[TablePlan], weights: Map
 
 
 @torch.no_grad()
-def gather_tier_values(model: nn.Module, plans: Sequence[TablePlan], dst: int = 0) -> Optional[Dict[str, List[torch.Tensor]]]:
+def gather_tier_values(
+    model: nn.Module, plans: Sequence[TablePlan], dst: int = 0
+) -> Optional[Dict[str, List[torch.Tensor]]]:
     """The whole tier tables of a (possibly sharded) model on rank ``dst``, e.g. to export it.
 
     A collective when tables are sharded: every rank must call it; ranks other than ``dst`` get ``None``.
@@ -117,7 +119,9 @@ def _uniform_rows(seed: int, key: str, ids: torch.Tensor, num_rows: int, dim: in
     return out
 
 
-def _masked_rows(plan: TablePlan, tier: TierPlan, rows: Tuple[int, int], cols: Tuple[int, int], source: torch.Tensor) -> torch.Tensor:
+def _masked_rows(
+    plan: TablePlan, tier: TierPlan, rows: Tuple[int, int], cols: Tuple[int, int], source: torch.Tensor
+) -> torch.Tensor:
     maps = tier.row_maps()[rows[0] : rows[1], cols[0] : cols[1]].to(torch.int64)
     padded = torch.cat([source, torch.zeros(source.size(0), 1)], dim=1)
     return padded[torch.arange(source.size(0)).unsqueeze(1), torch.where(maps >= 0, maps, plan.embedding_dim)]
@@ -144,7 +148,9 @@ def masked_init(
     """
     index = _tier_index(plans)
 
-    def fill(seed: int, key: str, rows: Tuple[int, int], cols: Tuple[int, int], full_dim: int, std: float) -> torch.Tensor:
+    def fill(
+        seed: int, key: str, rows: Tuple[int, int], cols: Tuple[int, int], full_dim: int, std: float
+    ) -> torch.Tensor:
         name = table_of_key(key)
         if name not in index:
             return table_rows(seed, key, rows, cols, full_dim, std)

@@ -16,8 +16,8 @@ from recdim.data.prepared import PreparedDataset
 from recdim.data.schema import FieldKind
 from recdim.fsio import write_json
 from recdim.layout.tier_plan import TablePlan
-from recdim.modules.tiered import tiered_provider_factory
 from recdim.modules.table_init import init_tables
+from recdim.modules.tiered import tiered_provider_factory
 from recdim.prune.planner import plan_tables
 from recdim.prune.store import StoredPruned, plan_bytes, planner_from_json, read_pruned
 from recdim.retrain.tier_weights import masked_init, write_tier_tables
@@ -49,7 +49,9 @@ AfterTraining = Callable[[TieredRun], Mapping[str, Any]]
 into ``results.json``."""
 
 
-def tiered_session(cfg: Config, pruned_dir: Path, out_dir: Optional[Path]) -> Tuple[Session, List[TablePlan], StoredPruned]:
+def tiered_session(
+    cfg: Config, pruned_dir: Path, out_dir: Optional[Path]
+) -> Tuple[Session, List[TablePlan], StoredPruned]:
     """Opens a training session whose provider is the pruned model's tier tables, initialised as the
     pruned model says (its saved values under the mask, or fresh masked values; its arch, or fresh).
 
@@ -62,7 +64,9 @@ def tiered_session(cfg: Config, pruned_dir: Path, out_dir: Optional[Path]) -> Tu
     ds = PreparedDataset(cfg.data_path)
     features = ds.feature_names(cfg.data.features)
     if sorted(features) != sorted(sp.masks):
-        raise ValueError(f"{pruned_dir}: masks are for {sorted(sp.masks)}, the config's features are {sorted(features)}")
+        raise ValueError(
+            f"{pruned_dir}: masks are for {sorted(sp.masks)}, the config's features are {sorted(features)}"
+        )
     multi = [f for f in features if ds.schema[f].kind == FieldKind.MULTI_CATEGORICAL]
     session = open_session(cfg, tiered_provider_factory(plans, multi), out_dir=out_dir)
     if sp.values is not None:

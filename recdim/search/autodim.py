@@ -22,8 +22,11 @@ import torch
 from safetensors.torch import save_file
 
 from recdim.config import Config, ModelConfig, PruneConfig
+from recdim.config.autodim import AutoDimConfig
 from recdim.data.loader import TrainLoader
 from recdim.data.prepared import PreparedDataset
+from recdim.layout.masks import mask_stats, prefix_masks
+from recdim.layout.pruned import PrunedModel
 from recdim.modules.candidate_dims import (
     CandidateDimsProvider,
     EqualMixing,
@@ -35,11 +38,8 @@ from recdim.modules.candidate_dims import (
     ZeroPad,
     gumbel_noise,
 )
-from recdim.config.autodim import AutoDimConfig
-from recdim.search.bilevel import BilevelConfig, BilevelHook
-from recdim.layout.masks import mask_stats, prefix_masks
-from recdim.layout.pruned import PrunedModel
 from recdim.modules.uniform import table_name
+from recdim.search.bilevel import BilevelConfig, BilevelHook
 from recdim.search.method import SearchedModel, SearchMethod
 from recdim.train.build import ProviderFactory
 from recdim.train.hooks import StepHook
@@ -120,7 +120,11 @@ class AutoDimHook(StepHook):
         self.mixing.tau = self.temperature(t)
 
     def on_epoch_end(self, trainer: Any, epoch: int, val_metrics: Dict[str, float]) -> None:
-        if self.search_start is None and epoch + 1 >= self.pretrain_epochs and trainer.global_step >= self.pretrain_steps:
+        if (
+            self.search_start is None
+            and epoch + 1 >= self.pretrain_epochs
+            and trainer.global_step >= self.pretrain_steps
+        ):
             self.start_search(trainer.global_step)
 
     def state_dict(self) -> Dict[str, Any]:
@@ -150,11 +154,15 @@ class AutoDimHook(StepHook):
         }
 
 
-def build_candidate_provider(cfg: AutoDimConfig, model: ModelConfig, num_embeddings: Dict[str, int], weighted: bool, device: torch.device) -> CandidateDimsProvider:
+def build_candidate_provider(
+    cfg: AutoDimConfig, model: ModelConfig, num_embeddings: Dict[str, int], weighted: bool, device: torch.device
+) -> CandidateDimsProvider:
     """The AutoDim provider for a config."""
     storage = SharedPrefix() if cfg.storage == "shared" else SeparateTables()
     transform = LinearBatchNorm if cfg.transform == "linear_bn" else ZeroPad
-    return CandidateDimsProvider(num_embeddings, model.embedding_dim, cfg.candidates, storage, transform, model.pooling, weighted, device)
+    return CandidateDimsProvider(
+        num_embeddings, model.embedding_dim, cfg.candidates, storage, transform, model.pooling, weighted, device
+    )
 
 
 def autodim_section(cfg: Config) -> AutoDimConfig:
@@ -174,7 +182,9 @@ def save_architecture(provider: CandidateDimsProvider, out_dir: Path) -> Dict[st
         "candidates": {f: list(d) for f, d in provider.dims.items()},
         "weights": {f: [round(float(x), 6) for x in w] for f, w in weights.items()},
     }
-    tensors = {f"alpha.{f}": a.detach().float().cpu().contiguous() for f, a in zip(provider.feature_names, provider.alpha)}
+    tensors = {
+        f"alpha.{f}": a.detach().float().cpu().contiguous() for f, a in zip(provider.feature_names, provider.alpha)
+    }
     tensors.update({f"softmax.{f}": w.contiguous() for f, w in weights.items()})
     save_file(tensors, str(out / "autodim_weights.safetensors"))
     (out / "autodim_dims.json").write_text(json.dumps(summary, indent=2))
@@ -205,7 +215,9 @@ class AutoDimMethod(SearchMethod):
         self.hook: Optional[AutoDimHook] = None
 
     def provider_factory(self, dataset: PreparedDataset, features: Sequence[str]) -> ProviderFactory:
-        def factory(model: ModelConfig, num_embeddings: Dict[str, int], weighted: bool, device: torch.device) -> CandidateDimsProvider:
+        def factory(
+            model: ModelConfig, num_embeddings: Dict[str, int], weighted: bool, device: torch.device
+        ) -> CandidateDimsProvider:
             return build_candidate_provider(self.autodim, model, num_embeddings, weighted, device)
 
         return factory
@@ -216,8 +228,18 @@ class AutoDimMethod(SearchMethod):
             raise TypeError(f"AutoDim needs a CandidateDimsProvider, got {type(provider).__name__}")
         ctx, val = session.ctx, session.splits["val"]
         batch = min(self.cfg.train.batch_size, len(val) // ctx.world_size * ctx.world_size)
-        loader = TrainLoader(val, session.features, batch, ctx.rank, ctx.world_size, self.cfg.train.seed, session.dataset.schema.is_weighted)
-        bilevel = BilevelHook(provider, loader, BilevelConfig(arch_lr=self.autodim.arch_lr, update_every=self.autodim.update_every))
+        loader = TrainLoader(
+            val,
+            session.features,
+            batch,
+            ctx.rank,
+            ctx.world_size,
+            self.cfg.train.seed,
+            session.dataset.schema.is_weighted,
+        )
+        bilevel = BilevelHook(
+            provider, loader, BilevelConfig(arch_lr=self.autodim.arch_lr, update_every=self.autodim.update_every)
+        )
         a = self.autodim
         schedule = lambda t: gumbel_temperature(t, a.tau_start, a.tau_decay, a.tau_min)  # noqa: E731
         self.hook = AutoDimHook(provider, bilevel, a.pretrain_steps, a.pretrain_epochs, schedule)
@@ -240,8 +262,16 @@ class AutoDimMethod(SearchMethod):
         rows = {f: searched.dataset.schema[f].num_embeddings for f in searched.features}
         masks = prefix_masks(rows, selected, K)
         values = prefix_values(searched.tables, selected, K) if prune.init == "inherit" else None
-        return [PrunedModel(self.name, mask_stats(masks)["cr"], masks, values, None,
-                            {"dims": dims, "init": "inherit prefix" if values is not None else "fresh"})]
+        return [
+            PrunedModel(
+                self.name,
+                mask_stats(masks)["cr"],
+                masks,
+                values,
+                None,
+                {"dims": dims, "init": "inherit prefix" if values is not None else "fresh"},
+            )
+        ]
 
 
 def prefix_values(tables: Mapping[str, torch.Tensor], dims: Mapping[str, int], K: int) -> Dict[str, torch.Tensor]:

@@ -43,18 +43,18 @@ from torchrec.datasets.utils import Batch
 from torchrec.optim.optimizers import in_backward_optimizer_filter
 
 from recdim.config import Config, ModelConfig, PruneConfig
+from recdim.config.dnis import DNISConfig
 from recdim.data.loader import TrainLoader
 from recdim.data.prepared import PreparedDataset
 from recdim.data.schema import FieldKind
-from recdim.modules.soft_selection import BlockSplitPooling, SequenceScaling, SoftSelectionProvider
-from recdim.search.bilevel import BilevelConfig, BilevelHook
 from recdim.layout.blocks import BlockPlan, make_block_plan
-from recdim.config.dnis import DNISConfig
 from recdim.layout.masks import magnitude_masks, mask_stats
 from recdim.layout.pruned import PrunedModel
+from recdim.modules.soft_selection import BlockSplitPooling, SequenceScaling, SoftSelectionProvider
+from recdim.modules.table_init import TABLE_PARAM
+from recdim.search.bilevel import BilevelConfig, BilevelHook
 from recdim.search.method import SearchedModel, SearchMethod
 from recdim.train.build import ProviderFactory
-from recdim.modules.table_init import TABLE_PARAM
 
 NORM_EPS = 1e-7
 
@@ -142,7 +142,9 @@ def unrolled_arch_grad(
 
     Example::
 
-        g = unrolled_arch_grad([alpha], list(net.parameters()), lambda: loss(net, xt, yt), lambda: loss(net, xv, yv), 0.1)
+        g = unrolled_arch_grad(
+            [alpha], list(net.parameters()), lambda: loss(net, xt, yt), lambda: loss(net, xv, yv), 0.1
+        )
     """
     arch, weights = list(arch), list(weights)
     xis = [float(xi)] * len(weights) if isinstance(xi, (int, float)) else [float(x) for x in xi]
@@ -199,7 +201,9 @@ class DNISHook(BilevelHook):
     """
 
     def __init__(self, provider: SoftSelectionProvider, val_batches: TrainLoader, cfg: DNISConfig) -> None:
-        bilevel = BilevelConfig(arch_lr=cfg.arch_lr, update_every=cfg.update_every, warm_start_epochs=cfg.warm_start_epochs)
+        bilevel = BilevelConfig(
+            arch_lr=cfg.arch_lr, update_every=cfg.update_every, warm_start_epochs=cfg.warm_start_epochs
+        )
         super().__init__(provider, val_batches, bilevel, DNISGradTransform(cfg.l1), self._clip)
         self.dnis = cfg
 
@@ -208,7 +212,11 @@ class DNISHook(BilevelHook):
 
     def state(self) -> Dict[str, Any]:
         alpha = self.provider.alpha.detach()
-        return {"arch_steps": self.arch_steps, "alpha_mean": float(alpha.mean()), "alpha_zero_fraction": float((alpha == 0).float().mean())}
+        return {
+            "arch_steps": self.arch_steps,
+            "alpha_mean": float(alpha.mean()),
+            "alpha_zero_fraction": float((alpha == 0).float().mean()),
+        }
 
 
 class UnrolledDNISHook(DNISHook):
@@ -268,7 +276,9 @@ def block_occurrences(plan: BlockPlan, counts: Mapping[str, np.ndarray]) -> Dict
     return out
 
 
-def alpha_summary(provider: SoftSelectionProvider, occurrences: Optional[Mapping[str, Sequence[int]]] = None) -> Dict[str, Any]:
+def alpha_summary(
+    provider: SoftSelectionProvider, occurrences: Optional[Mapping[str, Sequence[int]]] = None
+) -> Dict[str, Any]:
     """JSON-ready alpha statistics: per alpha row and per field / per block.
 
     Per field: ``block_mean`` (mean alpha of each block's row), ``field_mean`` (mean alpha over the field's
@@ -353,7 +363,9 @@ class DNISMethod(SearchMethod):
         paths = {f: bag_path() for f in features if dataset.schema[f].kind == FieldKind.MULTI_CATEGORICAL}
         self.plan, self.occurrences = plan, block_occurrences(plan, counts)
 
-        def factory(cfg: ModelConfig, num_embeddings: Dict[str, int], weighted: bool, device: torch.device) -> SoftSelectionProvider:
+        def factory(
+            cfg: ModelConfig, num_embeddings: Dict[str, int], weighted: bool, device: torch.device
+        ) -> SoftSelectionProvider:
             return SoftSelectionProvider(num_embeddings, cfg.embedding_dim, plan, paths, cfg.pooling, weighted, device)
 
         return factory
@@ -381,7 +393,9 @@ class DNISMethod(SearchMethod):
         if session.ctx.is_main:
             out = Path(out_dir)
             out.mkdir(parents=True, exist_ok=True)
-            save_file({"alpha": provider.alpha.detach().float().cpu().contiguous()}, str(out / "dnis_alpha.safetensors"))
+            save_file(
+                {"alpha": provider.alpha.detach().float().cpu().contiguous()}, str(out / "dnis_alpha.safetensors")
+            )
             (out / "dnis_blocks.json").write_text(json.dumps(provider.plan.to_json(), indent=1))
             summary["files"] = ["dnis_alpha.safetensors", "dnis_blocks.json"]
         return summary
@@ -396,9 +410,16 @@ class DNISMethod(SearchMethod):
         out = []
         for kind, b in budgets:
             masks = magnitude_masks(eff, cr=b) if kind == "cr" else magnitude_masks(eff, eps=b)
-            out.append(PrunedModel(self.name, mask_stats(masks)["cr"], masks, None if fresh else eff,
-                                   None if fresh else searched.arch_state,
-                                   {kind: b, "init": "fresh" if fresh else "searched values, alpha folded in"}))
+            out.append(
+                PrunedModel(
+                    self.name,
+                    mask_stats(masks)["cr"],
+                    masks,
+                    None if fresh else eff,
+                    None if fresh else searched.arch_state,
+                    {kind: b, "init": "fresh" if fresh else "searched values, alpha folded in"},
+                )
+            )
         return out
 
 

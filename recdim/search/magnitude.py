@@ -44,7 +44,14 @@ class MagnitudeMethod(SearchMethod):
         out = []
         for kind, b in budgets:
             masks = magnitude_masks(tables, cr=b) if kind == "cr" else magnitude_masks(tables, eps=b)
-            out.append(PrunedModel(self.name, mask_stats(masks)["cr"], masks, None if fresh else tables,
-                                   None if fresh else searched.arch_state,
-                                   {kind: b, "init": "fresh" if fresh else "trained uniform values"}))
+            out.append(
+                PrunedModel(
+                    self.name,
+                    mask_stats(masks)["cr"],
+                    masks,
+                    None if fresh else tables,
+                    None if fresh else searched.arch_state,
+                    {kind: b, "init": "fresh" if fresh else "trained uniform values"},
+                )
+            )
         return out

@@ -41,22 +41,40 @@ from safetensors.torch import load_file, save_file
 from torch.utils.hooks import RemovableHandle
 
 from recdim.config import Config, ModelConfig, PruneConfig
+from recdim.config.pep import PEPConfig
 from recdim.data.prepared import PreparedDataset
 from recdim.data.schema import FieldKind
-from recdim.modules.threshold import GATES, ThresholdEmbeddingProvider, make_thresholds
 from recdim.layout.masks import mask_stats
 from recdim.layout.pruned import PrunedModel
 from recdim.modules.table_init import table_rows
+from recdim.modules.threshold import GATES, ThresholdEmbeddingProvider, make_thresholds
 from recdim.modules.uniform import table_name
 from recdim.search.method import SearchedModel, SearchMethod, with_search
-from recdim.config.pep import PEPConfig
-from recdim.search.pep_tables import count_nonzeros, gather_masks, gather_thresholds, init_threshold_tables, table_pieces, rank_and_world
+from recdim.search.pep_tables import (
+    count_nonzeros,
+    gather_masks,
+    gather_thresholds,
+    init_threshold_tables,
+    rank_and_world,
+    table_pieces,
+)
 from recdim.train.build import ProviderFactory
 from recdim.train.hooks import StepHook
 
 __all__ = [
-    "CoupledL2", "LinearRamp", "PEPHook", "PEPMethod", "Snapshot", "ThresholdPressure", "build_threshold_provider",
-    "count_nonzeros", "gather_masks", "gather_thresholds", "init_threshold_tables", "initial_values", "pressures",
+    "CoupledL2",
+    "LinearRamp",
+    "PEPHook",
+    "PEPMethod",
+    "Snapshot",
+    "ThresholdPressure",
+    "build_threshold_provider",
+    "count_nonzeros",
+    "gather_masks",
+    "gather_thresholds",
+    "init_threshold_tables",
+    "initial_values",
+    "pressures",
     "single_valued_features",
     "table_pieces",
 ]
@@ -159,12 +177,19 @@ class Snapshot:
 
     def masks(self, embedding_dim: int) -> Dict[str, torch.Tensor]:
         """The masks as ``{table: bool [N, K]}``."""
-        return {k: torch.from_numpy(np.unpackbits(v, axis=1, count=embedding_dim).astype(bool)) for k, v in self.packed.items()}
+        return {
+            k: torch.from_numpy(np.unpackbits(v, axis=1, count=embedding_dim).astype(bool))
+            for k, v in self.packed.items()
+        }
 
     def summary(self) -> Dict[str, Any]:
         return {
-            "budget": self.budget, "step": self.step, "nnz": self.nnz, "total": self.total,
-            "keep_fraction": self.nnz / self.total, "compression_rate": self.total / max(1, self.nnz),
+            "budget": self.budget,
+            "step": self.step,
+            "nnz": self.nnz,
+            "total": self.total,
+            "keep_fraction": self.nnz / self.total,
+            "compression_rate": self.total / max(1, self.nnz),
             "threshold_offset": self.offset,
         }
 
@@ -252,7 +277,10 @@ class PEPHook(StepHook):
         """Budgets reached so far and their masks, for training checkpoints (one opaque, replicated
         entry; the thresholds and the ramp offset live in the model's state)."""
         buf = io.BytesIO()
-        snaps = [dict(dataclasses.asdict(s), packed={k: torch.from_numpy(v) for k, v in s.packed.items()}) for s in self.snapshots]
+        snaps = [
+            dict(dataclasses.asdict(s), packed={k: torch.from_numpy(v) for k, v in s.packed.items()})
+            for s in self.snapshots
+        ]
         torch.save({"pending": self.pending, "last_count": self.last_count, "snapshots": snaps}, buf)
         return {"pep": buf.getvalue()}
 
@@ -260,7 +288,9 @@ class PEPHook(StepHook):
         data = torch.load(io.BytesIO(state["pep"]), weights_only=True)
         self.pending = [float(b) for b in data["pending"]]
         self.last_count = tuple(data["last_count"]) if data["last_count"] is not None else None  # type: ignore[assignment]
-        self.snapshots = [Snapshot(**dict(s, packed={k: v.numpy() for k, v in s["packed"].items()})) for s in data["snapshots"]]
+        self.snapshots = [
+            Snapshot(**dict(s, packed={k: v.numpy() for k, v in s["packed"].items()})) for s in data["snapshots"]
+        ]
 
     def state(self) -> Dict[str, Any]:
         nnz, total = self.last_count or (None, None)
@@ -351,8 +381,12 @@ class PEPMethod(SearchMethod):
     def provider_factory(self, dataset: PreparedDataset, features: Sequence[str]) -> ProviderFactory:
         single = single_valued_features(dataset, features)
 
-        def factory(model: ModelConfig, num_embeddings: Dict[str, int], weighted: bool, device: torch.device) -> ThresholdEmbeddingProvider:
-            return build_threshold_provider(self.pep, model, num_embeddings, weighted, device, [f for f in single if f in num_embeddings])
+        def factory(
+            model: ModelConfig, num_embeddings: Dict[str, int], weighted: bool, device: torch.device
+        ) -> ThresholdEmbeddingProvider:
+            return build_threshold_provider(
+                self.pep, model, num_embeddings, weighted, device, [f for f in single if f in num_embeddings]
+            )
 
         return factory
 
@@ -415,13 +449,27 @@ class PEPMethod(SearchMethod):
             elif prune.init == "fresh":
                 values, arch, rule = None, None, "fresh"
             else:
-                values, arch, rule = initial_values(searched.cfg, searched.provider, searched.features), None, "lottery ticket: initial values"
-            out.append(PrunedModel(self.name, mask_stats(masks)["cr"], masks, values, arch,
-                                   {"budget": snap["budget"], "step": snap["step"], "init": rule}))
+                values, arch, rule = (
+                    initial_values(searched.cfg, searched.provider, searched.features),
+                    None,
+                    "lottery ticket: initial values",
+                )
+            out.append(
+                PrunedModel(
+                    self.name,
+                    mask_stats(masks)["cr"],
+                    masks,
+                    values,
+                    arch,
+                    {"budget": snap["budget"], "step": snap["step"], "init": rule},
+                )
+            )
         return out
 
 
-def initial_values(cfg: Config, provider: ThresholdEmbeddingProvider, features: Sequence[str]) -> Dict[str, torch.Tensor]:
+def initial_values(
+    cfg: Config, provider: ThresholdEmbeddingProvider, features: Sequence[str]
+) -> Dict[str, torch.Tensor]:
     """PEP's tables as initialised (before any step): the values V, thresholds split off.
 
     Each table's values are regenerated from the seed and its state-dict key in the model, which depends on
@@ -432,7 +480,9 @@ def initial_values(cfg: Config, provider: ThresholdEmbeddingProvider, features: 
     for i, f in enumerate(features):
         t = next(t for t in provider.tables if t.name == table_name(f))
         key = f"provider.{provider.table_key(t.name)}"
-        full = table_rows(cfg.train.seed, key, (0, t.num_embeddings), (0, t.embedding_dim), t.embedding_dim, cfg.train.init_std)
+        full = table_rows(
+            cfg.train.seed, key, (0, t.num_embeddings), (0, t.embedding_dim), t.embedding_dim, cfg.train.init_std
+        )
         values, _, _ = provider.thresholds.split_piece(i, full, (0, full.size(1)))
         out[f] = values
     return out

@@ -17,8 +17,8 @@ import torch
 import torch.distributed as dist
 from torch.distributed._shard.sharded_tensor import ShardedTensor
 
-from recdim.modules.threshold import ThresholdEmbeddingProvider
 from recdim.modules.table_init import local_pieces
+from recdim.modules.threshold import ThresholdEmbeddingProvider
 
 _TABLE_KEY = re.compile(r"(?:^|\.)(?:embedding_bags|embeddings)\.([^.]+)\.weight$")
 
@@ -33,7 +33,9 @@ def rank_and_world() -> Tuple[int, int]:
     return 0, 1
 
 
-def table_pieces(provider: ThresholdEmbeddingProvider, owned: bool = True) -> Iterator[Tuple[int, str, torch.Tensor, Tuple[int, int], Tuple[int, int]]]:
+def table_pieces(
+    provider: ThresholdEmbeddingProvider, owned: bool = True
+) -> Iterator[Tuple[int, str, torch.Tensor, Tuple[int, int], Tuple[int, int]]]:
     """``(feature index, table name, local piece, rows, table columns)`` of this rank's table shards.
 
     Args:
@@ -80,7 +82,9 @@ def count_nonzeros(provider: ThresholdEmbeddingProvider) -> Tuple[int, int]:
 
 
 @torch.no_grad()
-def gather_tables(provider: ThresholdEmbeddingProvider, extract: Extract, dtype: torch.dtype) -> Optional[Dict[str, torch.Tensor]]:
+def gather_tables(
+    provider: ThresholdEmbeddingProvider, extract: Extract, dtype: torch.dtype
+) -> Optional[Dict[str, torch.Tensor]]:
     """Assembles ``extract`` of every shard into whole [N, K] tensors on rank 0 (collective).
 
     Returns:
@@ -115,6 +119,7 @@ def gather_thresholds(provider: ThresholdEmbeddingProvider) -> Optional[Dict[str
     ``{table: [N, K]}``, plus ``offset`` (the ramp); the threshold in force is ``g(s + offset)``."""
     state = {k: v.detach().cpu().float() for k, v in provider.thresholds.dense_state().items()}
     if provider.thresholds.columns_per_value > 1:
+
         def s_part(feature: int, local: torch.Tensor, cols: Tuple[int, int]) -> Tuple[torch.Tensor, Tuple[int, int]]:
             _, s, value_cols = provider.thresholds.split_piece(feature, local, cols)
             return s, value_cols

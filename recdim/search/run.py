@@ -7,9 +7,9 @@ from typing import Any, Dict, Optional
 
 from recdim.config import Config
 from recdim.data.prepared import PreparedDataset
+from recdim.fsio import write_json
 from recdim.search.method import create
 from recdim.train.model_io import save_model
-from recdim.fsio import write_json
 from recdim.train.run import open_session, train_and_evaluate
 
 
@@ -17,8 +17,9 @@ def run_search(cfg: Config, out_dir: Optional[Path], method: Optional[str] = Non
     """Searches with ``method`` (default ``cfg.search.method``) and writes the run directory.
 
     The run directory gets the method's learned state (alpha / thresholds / architecture weights, as
-    safetensors plus JSON), the trained model (``model/``, a sharded checkpoint ``recdim prune`` reads), and ``results.json`` with validation-selected and test metrics, embedding
-    params and bytes, the method's summary under ``search`` and the config.
+    safetensors plus JSON), the trained model (``model/``, a sharded checkpoint ``recdim prune`` reads),
+    and ``results.json`` with validation-selected and test metrics, embedding params and bytes, the
+    method's summary under ``search`` and the config.
 
     Example::
 
@@ -28,7 +29,9 @@ def run_search(cfg: Config, out_dir: Optional[Path], method: Optional[str] = Non
     m = create(name, cfg, kind="search")
     dataset = PreparedDataset(cfg.data_path)
     features = dataset.feature_names(cfg.data.features)
-    session = open_session(cfg, m.provider_factory(dataset, features), m.hooks, out_dir=Path(out_dir) if out_dir is not None else None)
+    session = open_session(
+        cfg, m.provider_factory(dataset, features), m.hooks, out_dir=Path(out_dir) if out_dir is not None else None
+    )
     results = train_and_evaluate(session, None)
     summary = m.save(session, Path(out_dir)) if out_dir is not None else {}
     if out_dir is not None:

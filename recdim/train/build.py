@@ -19,7 +19,9 @@ from recdim.modules.uniform import UniformEmbeddingProvider
 ProviderFactory = Callable[[ModelConfig, Dict[str, int], bool, torch.device], EmbeddingProvider]
 
 
-def uniform_provider(cfg: ModelConfig, num_embeddings: Dict[str, int], weighted: bool, device: torch.device) -> EmbeddingProvider:
+def uniform_provider(
+    cfg: ModelConfig, num_embeddings: Dict[str, int], weighted: bool, device: torch.device
+) -> EmbeddingProvider:
     """The uniform-dimension baseline provider (one K-wide table per feature)."""
     return UniformEmbeddingProvider(num_embeddings, cfg.embedding_dim, cfg.pooling, weighted, device)
 

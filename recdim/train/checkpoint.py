@@ -51,10 +51,6 @@ def _step_of(path: Path) -> int:
     return int(m.group(1))
 
 
-
-
-
-
 class Checkpointer:
     """A run's checkpoint folder: atomic commits, a ``latest`` pointer, the newest ``keep`` kept.
 
@@ -90,7 +86,9 @@ class Checkpointer:
             return None
         path = self.directory / pointer.read_text().strip()
         if not (path / ".metadata").is_file() or not (path / META_FILE).is_file():
-            log.warning("checkpoint pointer %s names %s, which is not a complete checkpoint; ignoring it", pointer, path)
+            log.warning(
+                "checkpoint pointer %s names %s, which is not a complete checkpoint; ignoring it", pointer, path
+            )
             return None
         return path
 

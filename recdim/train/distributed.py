@@ -118,7 +118,9 @@ def _table_names(model: nn.Module) -> List[str]:
     return names
 
 
-def fused_optimizer_spec(cfg: TrainConfig, ctx: DistContext) -> Tuple[Optional[Type[torch.optim.Optimizer]], Dict[str, Any]]:
+def fused_optimizer_spec(
+    cfg: TrainConfig, ctx: DistContext
+) -> Tuple[Optional[Type[torch.optim.Optimizer]], Dict[str, Any]]:
     """The optimizer class and kwargs TorchRec maps to a fused TBE optimizer, or ``(None, {})`` when the
     tables must use the dense kernel with a regular optimizer (Adam on CPU)."""
     lr = cfg.embedding_lr
@@ -190,9 +192,16 @@ def build_optimizer(model: DistributedModelParallel, cfg: TrainConfig, ctx: Dist
     other = {k: v for k, v in dense_params.items() if k not in table_params}
     opts: List[Tuple[str, Any]] = [("fused", model.fused_optimizer)]
     if other:
-        opts.append(("dense", KeyedOptimizerWrapper(other, lambda ps: torch.optim.Adam(ps, lr=cfg.lr, weight_decay=cfg.weight_decay))))
+        opts.append(
+            (
+                "dense",
+                KeyedOptimizerWrapper(other, lambda ps: torch.optim.Adam(ps, lr=cfg.lr, weight_decay=cfg.weight_decay)),
+            )
+        )
     if table_params:
-        opts.append(("tables", KeyedOptimizerWrapper(table_params, lambda ps: torch.optim.Adam(ps, lr=cfg.embedding_lr))))
+        opts.append(
+            ("tables", KeyedOptimizerWrapper(table_params, lambda ps: torch.optim.Adam(ps, lr=cfg.embedding_lr)))
+        )
     return CombinedOptimizer(opts)
 
 

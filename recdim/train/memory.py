@@ -9,7 +9,6 @@ from typing import Dict
 import torch
 
 
-
 def peak_memory() -> Dict[str, int]:
     """Peak resident memory of this process (bytes) and, on GPU, peak allocated device memory."""
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss

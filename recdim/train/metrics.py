@@ -118,9 +118,7 @@ def rmse(labels: ArrayLike, preds: ArrayLike) -> float:
     return math.sqrt(mse(labels, preds))
 
 
-def compute_metrics(
-    label_kind: LabelKind, labels: ArrayLike, outputs: ArrayLike
-) -> Dict[str, float]:
+def compute_metrics(label_kind: LabelKind, labels: ArrayLike, outputs: ArrayLike) -> Dict[str, float]:
     """The split's metrics from the arch's raw outputs.
 
     Args:

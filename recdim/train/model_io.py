@@ -30,7 +30,9 @@ def load_model(model: nn.Module, run_dir: Union[str, Path]) -> Dict[str, Any]:
     ckpt = Checkpointer(Path(run_dir) / MODEL_DIR)
     path = ckpt.latest()
     if path is None:
-        raise FileNotFoundError(f"{Path(run_dir) / MODEL_DIR}: no saved model (run `recdim search` or `recdim train` first)")
+        raise FileNotFoundError(
+            f"{Path(run_dir) / MODEL_DIR}: no saved model (run `recdim search` or `recdim train` first)"
+        )
     state = {"model": model.state_dict()}
     Checkpointer.load(path, state)
     model.load_state_dict(state["model"])

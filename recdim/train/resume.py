@@ -221,7 +221,11 @@ class CheckpointHook(StepHook):
         if trainer.ctx.is_main:
             log.info(
                 "resumed from %s (step %d, epoch %d, step %d of the epoch; written by %d ranks)",
-                path, meta["global_step"], meta["epoch"], meta["step_in_epoch"], meta["world_size"],
+                path,
+                meta["global_step"],
+                meta["epoch"],
+                meta["step_in_epoch"],
+                meta["world_size"],
             )
 
     def after_step(self, trainer: Trainer, step: int, batch: Batch) -> None:

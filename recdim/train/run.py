@@ -12,15 +12,15 @@ from recdim.config import Config
 from recdim.config_io import to_dict
 from recdim.data.loader import EvalLoader, TrainLoader
 from recdim.data.prepared import PreparedDataset, SplitArrays
+from recdim.fsio import write_json
 from recdim.models.rec_model import RecModel
+from recdim.modules.table_init import init_tables
 from recdim.train.build import ProviderFactory, build_model, uniform_provider
 from recdim.train.checkpoint import Checkpointer
 from recdim.train.distributed import DistContext, build_optimizer, init_distributed, shard_model
 from recdim.train.hooks import StepHook
-from recdim.modules.table_init import init_tables
-from recdim.train.resume import CheckpointHook
-from recdim.fsio import write_json
 from recdim.train.memory import peak_memory
+from recdim.train.resume import CheckpointHook
 from recdim.train.trainer import Trainer
 
 log = logging.getLogger(__name__)
@@ -43,7 +43,14 @@ class Session:
 
     def eval_loader(self, split: str) -> EvalLoader:
         weighted = self.dataset.schema.is_weighted
-        return EvalLoader(self.splits[split], self.features, self.cfg.train.eval_batch_size, self.ctx.rank, self.ctx.world_size, weighted)
+        return EvalLoader(
+            self.splits[split],
+            self.features,
+            self.cfg.train.eval_batch_size,
+            self.ctx.rank,
+            self.ctx.world_size,
+            weighted,
+        )
 
 
 def open_session(
@@ -71,7 +78,9 @@ def open_session(
     init_tables(dmp, cfg.train.seed, cfg.train.init_std)
     optimizer = build_optimizer(dmp, cfg.train, ctx)
     weighted = ds.schema.is_weighted
-    train_loader = TrainLoader(splits["train"], features, cfg.train.batch_size, ctx.rank, ctx.world_size, cfg.train.seed, weighted)
+    train_loader = TrainLoader(
+        splits["train"], features, cfg.train.batch_size, ctx.rank, ctx.world_size, cfg.train.seed, weighted
+    )
     val_loader = EvalLoader(splits["val"], features, cfg.train.eval_batch_size, ctx.rank, ctx.world_size, weighted)
     trainer = Trainer(dmp, optimizer, ds.schema.label, cfg.train, ctx)
     session = Session(cfg, ctx, ds, features, splits, model, dmp, trainer, train_loader, val_loader)
@@ -82,7 +91,9 @@ def open_session(
     return session
 
 
-def train_and_evaluate(session: Session, out_dir: Optional[Path], extra: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
+def train_and_evaluate(
+    session: Session, out_dir: Optional[Path], extra: Optional[Dict[str, Any]] = None
+) -> Dict[str, Any]:
     """Trains with validation-only model selection, reads test once, writes ``results.json`` (rank 0)."""
     t0 = time.perf_counter()
     trainer = session.trainer

@@ -14,9 +14,9 @@ from tqdm import tqdm
 from recdim.config import TrainConfig
 from recdim.data.loader import EvalLoader, TrainLoader
 from recdim.data.schema import LabelKind
+from recdim.modules.table_init import restore, snapshot
 from recdim.train.distributed import DistContext
 from recdim.train.hooks import StepHook
-from recdim.modules.table_init import restore, snapshot
 from recdim.train.metrics import compute_metrics, gather
 
 
@@ -162,7 +162,14 @@ class Trainer:
         total = len(train) * self.cfg.epochs
         if self.cfg.max_steps:
             total = min(total, self.cfg.max_steps)
-        bar = tqdm(total=total * train.batch_size, initial=min(total, self.global_step) * train.batch_size, unit="samples", unit_scale=True, disable=not (self.cfg.progress and self.ctx.is_main and sys.stderr.isatty()), dynamic_ncols=True)
+        bar = tqdm(
+            total=total * train.batch_size,
+            initial=min(total, self.global_step) * train.batch_size,
+            unit="samples",
+            unit_scale=True,
+            disable=not (self.cfg.progress and self.ctx.is_main and sys.stderr.isatty()),
+            dynamic_ncols=True,
+        )
         stop = bool(self.cfg.max_steps and self.global_step >= self.cfg.max_steps)
         for epoch in range(self.epoch, self.cfg.epochs):
             self.epoch = epoch
@@ -189,7 +196,12 @@ class Trainer:
             val_metrics = self.evaluate(val)
             for hook in self.hooks:
                 hook.on_epoch_end(self, epoch, val_metrics)
-            entry = {"epoch": epoch, "steps": self.global_step, "train_loss": sum(losses) / max(1, len(losses)), "val": val_metrics}
+            entry = {
+                "epoch": epoch,
+                "steps": self.global_step,
+                "train_loss": sum(losses) / max(1, len(losses)),
+                "val": val_metrics,
+            }
             result.history.append(entry)
             if self.ctx.is_main and self.cfg.progress:
                 rate = steps_here * train.batch_size / max(1e-9, time.perf_counter() - t0)

@@ -6,12 +6,12 @@ from pathlib import Path
 
 import pytest
 
-from recdim.config.compare import CompareConfig
 from recdim.compare.grid import Cell, cell_config, expand_grid
 from recdim.compare.report import aggregate, cell_values, load_records, mean_std
 from recdim.compare.runner import run_compare
 from recdim.compare.select import choose_best
 from recdim.config import Config, DataConfig
+from recdim.config.compare import CompareConfig
 from recdim.config_io import ConfigError, from_dict, load_toml
 
 REPO = Path(__file__).resolve().parents[2]
@@ -41,10 +41,19 @@ class FakeExperiment:
         else:
             val_auc = test_auc = BASE[base] - 0.01 * cr + 0.002 * seed
         params = int(1000 / cr)
-        return {"method": method, "cr": cr, "seed": seed,
-                "val": {"auc": val_auc, "logloss": 0.5}, "test": {"auc": test_auc, "logloss": 0.5 + 0.01 * seed},
-                "params": params, "bytes": 4 * params + 100, "uniform_params": 1000,
-                "search_time_s": 1.0, "retrain_time_s": 2.0 + seed, "dims": {}}
+        return {
+            "method": method,
+            "cr": cr,
+            "seed": seed,
+            "val": {"auc": val_auc, "logloss": 0.5},
+            "test": {"auc": test_auc, "logloss": 0.5 + 0.01 * seed},
+            "params": params,
+            "bytes": 4 * params + 100,
+            "uniform_params": 1000,
+            "search_time_s": 1.0,
+            "retrain_time_s": 2.0 + seed,
+            "dims": {},
+        }
 
 
 def small_compare(tmp_path, **kw):
@@ -54,8 +63,15 @@ def small_compare(tmp_path, **kw):
 
 
 def test_grid_expansion_and_cell_configs():
-    cmp = CompareConfig(methods=("ue", "random@3"), arches=("fm", "dlrm"), budgets=(2.0, 2.5), seeds=(0, 1), epochs=3,
-                        overrides=("train.batch_size=64",), arch_overrides={"dlrm": ("model.bottom_mlp=[8]",)})
+    cmp = CompareConfig(
+        methods=("ue", "random@3"),
+        arches=("fm", "dlrm"),
+        budgets=(2.0, 2.5),
+        seeds=(0, 1),
+        epochs=3,
+        overrides=("train.batch_size=64",),
+        arch_overrides={"dlrm": ("model.bottom_mlp=[8]",)},
+    )
     cells = expand_grid(cmp, "deepfm")
     assert len(cells) == 2 * 2 * 2 * 2 and len({c.run_id for c in cells}) == len(cells)
     assert cells[0].run_id == "fm/cr2/ue/seed0" and Cell("random@3", "fm", 2.5, 1).run_id == "fm/cr2.5/random@3/seed1"
@@ -70,8 +86,17 @@ def test_grid_expansion_and_cell_configs():
         cell_config(Config(), dataclasses.replace(cmp, overrides=("train.nope=1",)), Cell("ue", "fm", 2.0, 0))
 
 
-@pytest.mark.parametrize("bad", [dict(methods=("magic",)), dict(methods=("mde@2",)), dict(budgets=(0.5,)),
-                                 dict(seeds=()), dict(methods=("ue", "ue")), dict(select_metric="f1")])
+@pytest.mark.parametrize(
+    "bad",
+    [
+        dict(methods=("magic",)),
+        dict(methods=("mde@2",)),
+        dict(budgets=(0.5,)),
+        dict(seeds=()),
+        dict(methods=("ue", "ue")),
+        dict(select_metric="f1"),
+    ],
+)
 def test_compare_config_validates(bad):
     with pytest.raises(ValueError):
         CompareConfig(**bad)
@@ -140,9 +165,20 @@ def test_random_search_selects_on_validation_and_resumes_candidates(tmp_path):
 def test_grid_search_reads_row_counts_from_the_dataset(tmp_path):
     data = tmp_path / "data"
     data.mkdir()
-    (data / "meta.json").write_text(json.dumps({"format_version": 1, "schema": {"label": "binary", "fields": [
-        {"name": "user", "kind": "categorical", "num_embeddings": 100, "oov_id": 99},
-        {"name": "item", "kind": "categorical", "num_embeddings": 300, "oov_id": 299}]}}))
+    (data / "meta.json").write_text(
+        json.dumps(
+            {
+                "format_version": 1,
+                "schema": {
+                    "label": "binary",
+                    "fields": [
+                        {"name": "user", "kind": "categorical", "num_embeddings": 100, "oov_id": 99},
+                        {"name": "item", "kind": "categorical", "num_embeddings": 300, "oov_id": 299},
+                    ],
+                },
+            }
+        )
+    )
     cfg = dataclasses.replace(Config(), data=DataConfig(path=str(data)))
     cmp = small_compare(tmp_path, methods=("grid",), budgets=(2.0,), seeds=(0,))
     fake = FakeExperiment()
@@ -165,13 +201,21 @@ def test_failed_cells_are_recorded_reported_and_retried(tmp_path):
     assert not (out / "runs" / "dlrm/cr2/mde/seed0" / "failed.json").exists()
     assert "Failed cells" not in (out / "compare.md").read_text()
     with pytest.raises(RuntimeError):
-        run_compare(Config(), compare=dataclasses.replace(cmp, stop_on_error=True, output=str(tmp_path / "c2")),
-                    experiment=FakeExperiment(fail={"ue"}), prepare=False, progress=False)
+        run_compare(
+            Config(),
+            compare=dataclasses.replace(cmp, stop_on_error=True, output=str(tmp_path / "c2")),
+            experiment=FakeExperiment(fail={"ue"}),
+            prepare=False,
+            progress=False,
+        )
 
 
 def test_cell_values_reads_kept_and_stored_cr():
-    rec = {"cell": {}, "uniform_params": 400,
-           "result": {"cr": 2.1, "target_cr": 2.0, "params": 100, "bytes": 500, "val": {"auc": 0.7}, "test": {"auc": 0.6}}}
+    rec = {
+        "cell": {},
+        "uniform_params": 400,
+        "result": {"cr": 2.1, "target_cr": 2.0, "params": 100, "bytes": 500, "val": {"auc": 0.7}, "test": {"auc": 0.6}},
+    }
     v = cell_values(rec)
     assert v == {"test.auc": 0.6, "val.auc": 0.7, "params": 100.0, "bytes": 500.0, "cr_stored": 4.0, "cr_kept": 2.1}
 
@@ -182,7 +226,9 @@ def test_mean_std_and_choose_best():
     assert m["mean"] == 2.0 and m["std"] == pytest.approx(2**0.5) and m["nonfinite"] == 1
     assert choose_best([{"val": {"mse": 0.9}}, {"val": {"mse": 0.8}}, {"val": {"mse": 0.85}}])[:2] == (1, "mse")
     assert choose_best([{"val": {"auc": float("nan")}}, {"val": {"auc": 0.5}}])[0] == 1
-    assert choose_best([{"val": {"auc": 0.7, "logloss": 0.5}}, {"val": {"auc": 0.6, "logloss": 0.4}}], "logloss")[0] == 1
+    assert (
+        choose_best([{"val": {"auc": 0.7, "logloss": 0.5}}, {"val": {"auc": 0.6, "logloss": 0.4}}], "logloss")[0] == 1
+    )
 
 
 @pytest.mark.parametrize("name", ["compare_small", "compare_ml100k_ctr", "compare_ml100k_rating", "compare_synthetic"])

@@ -53,7 +53,7 @@ def test_train_batches_are_the_same_for_any_world_size():
 def test_eval_loader_covers_every_row_once_with_equal_rank_steps():
     data = split(23)
     loaders = [EvalLoader(data, ["one"], batch_size=4, rank=r, world_size=3) for r in range(3)]
-    items = [list(l) for l in loaders]
+    items = [list(loader) for loader in loaders]
     assert len({len(i) for i in items}) == 1  # ranks step together
     seen = []
     for per_rank in items:

@@ -34,9 +34,7 @@ def random_table(n: int = 300, seed: int = 0) -> pd.DataFrame:
     bag = ["|".join(rng.choice(words[:6], rng.integers(0, 4), replace=False)) for _ in range(n)]
     num = rng.choice([-3, -1, 0, 1, 2, 3, 5, 20, 150, 4000], n).astype(object)
     num[rng.random(n) < 0.1] = ""
-    return pd.DataFrame(
-        {"ts": rng.integers(0, 50, n), "cat": cat, "bag": bag, "num": num, "y": rng.integers(0, 2, n)}
-    )
+    return pd.DataFrame({"ts": rng.integers(0, 50, n), "cat": cat, "bag": bag, "num": num, "y": rng.integers(0, 2, n)})
 
 
 def write_csv(frame: pd.DataFrame, path: Path) -> Path:
@@ -140,7 +138,9 @@ def test_output_independent_of_chunk_rows(tmp_path: Path, source: str) -> None:
     for chunk_rows in (7, 1000):
         cfg = PrepareConfig(
             source=source, input=str(inp), output=str(tmp_path / f"out{chunk_rows}"), tabular=TAB,
-            synthetic=SyntheticConfig(rows=700, cardinalities=(30, 20), strengths=(1.0, 0.0), ranks=(2, 2), num_dense=2),
+            synthetic=SyntheticConfig(
+                rows=700, cardinalities=(30, 20), strengths=(1.0, 0.0), ranks=(2, 2), num_dense=2
+            ),
             chunk_rows=chunk_rows, rows_per_shard=40, min_count=2,
         )  # fmt: skip
         outs.append(prepare(cfg))
@@ -182,7 +182,9 @@ def test_time_split(tmp_path: Path) -> None:
 
 
 def test_time_split_needs_time_column(tmp_path: Path) -> None:
-    cfg = PrepareConfig(source="synthetic", output=str(tmp_path / "o"), split_by="time", synthetic=SyntheticConfig(rows=50))
+    cfg = PrepareConfig(
+        source="synthetic", output=str(tmp_path / "o"), split_by="time", synthetic=SyntheticConfig(rows=50)
+    )
     with pytest.raises(ValueError, match="time column"):
         prepare(cfg)
 
@@ -262,7 +264,9 @@ def test_output_replaced_only_when_complete(tmp_path: Path) -> None:
 
 def test_criteo_and_avazu_end_to_end(tmp_path: Path) -> None:
     inp = write_lines(tmp_path / "train.txt", [criteo_line(str(i % 2), str(i), f"c{i % 4}") for i in range(40)])
-    out = prepare(PrepareConfig(source="criteo", input=str(inp), output=str(tmp_path / "c"), min_count=1, numerical="dense"))
+    out = prepare(
+        PrepareConfig(source="criteo", input=str(inp), output=str(tmp_path / "c"), min_count=1, numerical="dense")
+    )
     meta = json.loads((out / "meta.json").read_text())
     kinds = {f["name"]: f["kind"] for f in meta["schema"]["fields"]}
     assert kinds["I1"] == "dense" and kinds["C1"] == "categorical" and meta["schema"]["label"] == "binary"
@@ -271,7 +275,9 @@ def test_criteo_and_avazu_end_to_end(tmp_path: Path) -> None:
 
     rows = ["id,click,hour,C1,site_id"] + [f"{i},{i % 2},141021{i % 24:02d},100{i % 3},s{i % 5}" for i in range(60)]
     inp = write_lines(tmp_path / "avazu.csv", rows)
-    out = prepare(PrepareConfig(source="avazu", input=str(inp), output=str(tmp_path / "a"), min_count=1, split_by="time"))
+    out = prepare(
+        PrepareConfig(source="avazu", input=str(inp), output=str(tmp_path / "a"), min_count=1, split_by="time")
+    )
     meta = json.loads((out / "meta.json").read_text())
     assert [f["name"] for f in meta["schema"]["fields"]] == ["hour", "C1", "site_id", "hour_of_day", "weekday"]
     assert [meta["splits"][s]["rows"] for s in ("train", "val", "test")] == [48, 6, 6]

@@ -27,7 +27,9 @@ KINDS = {"user": FieldKind.CATEGORICAL, "tags": FieldKind.MULTI_CATEGORICAL, "ci
 
 def schema() -> Schema:
     sparse = tuple(FieldSpec(f, KINDS[f], n, n - 1) for f, n in SIZES.items())
-    return Schema(fields=sparse + (FieldSpec("x0", FieldKind.DENSE), FieldSpec("x1", FieldKind.DENSE)), label=LabelKind.BINARY)
+    return Schema(
+        fields=sparse + (FieldSpec("x0", FieldKind.DENSE), FieldSpec("x1", FieldKind.DENSE)), label=LabelKind.BINARY
+    )
 
 
 def build(seed: int = 0):
@@ -50,8 +52,16 @@ def build(seed: int = 0):
 
 def batch(B: int = 20, seed: int = 1) -> Batch:
     g = torch.Generator().manual_seed(seed)
-    lengths = torch.cat([torch.ones(B, dtype=torch.int32), torch.randint(0, 4, (B,), generator=g).int(), torch.ones(B, dtype=torch.int32)])
-    ids = torch.cat([torch.randint(0, SIZES[f], (int(n),), generator=g) for f, n in zip(SIZES, lengths.view(3, B).sum(1))])
+    lengths = torch.cat(
+        [
+            torch.ones(B, dtype=torch.int32),
+            torch.randint(0, 4, (B,), generator=g).int(),
+            torch.ones(B, dtype=torch.int32),
+        ]
+    )
+    ids = torch.cat(
+        [torch.randint(0, SIZES[f], (int(n),), generator=g) for f, n in zip(SIZES, lengths.view(3, B).sum(1))]
+    )
     kjt = KeyedJaggedTensor.from_lengths_sync(keys=list(SIZES), values=ids, lengths=lengths)
     return Batch(dense_features=torch.randn(B, 2, generator=g), sparse_features=kjt, labels=torch.zeros(B))
 
@@ -74,7 +84,9 @@ def test_roundtrip_predictions_identical(exported, tmp_path):
     torch.testing.assert_close(serving.predict(b), torch.sigmoid(want), rtol=0, atol=1e-6)
     # The pruned-uniform export path (masked K-wide weights) serves the same model.
     export_masked(tmp_path / "masked", plans, weights, model.arch, cfg, schema())
-    torch.testing.assert_close(load_serving_model(tmp_path / "masked").predict(b), torch.sigmoid(want), rtol=0, atol=1e-6)
+    torch.testing.assert_close(
+        load_serving_model(tmp_path / "masked").predict(b), torch.sigmoid(want), rtol=0, atol=1e-6
+    )
     assert serving.model.provider.embedding_bytes() == model.provider.embedding_bytes()
 
 

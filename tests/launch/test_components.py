@@ -36,15 +36,39 @@ def test_component_builds_torchrun_app(name):
     fn = getattr(components, name)
     assert validate(str(COMPONENTS), name) == []  # what `torchx run` checks before calling it
     extra = KWARGS.get(name, {})
-    app = fn("train.epochs=2", "model.arch=deepfm", config="configs/demo.toml", out="/shared/runs/x",
-             nnodes=2, nproc_per_node=4, image="reg/recdim:1", cpu=16, gpu=4, memMB=65536, max_restarts=3,
-             max_retries=2, env={"FOO": "1"}, **extra)
+    app = fn(
+        "train.epochs=2",
+        "model.arch=deepfm",
+        config="configs/demo.toml",
+        out="/shared/runs/x",
+        nnodes=2,
+        nproc_per_node=4,
+        image="reg/recdim:1",
+        cpu=16,
+        gpu=4,
+        memMB=65536,
+        max_restarts=3,
+        max_retries=2,
+        env={"FOO": "1"},
+        **extra,
+    )
     role = app.roles[0]
     cmd = _torchrun(app)
     assert cmd[0] == "torchrun"
     assert cmd[cmd.index("--nnodes") + 1] == "2" and cmd[cmd.index("--nproc_per_node") + 1] == "4"
-    assert cmd[cmd.index("-m") + 1:] == ["recdim.cli", name, "--config", "configs/demo.toml", "--out", "/shared/runs/x",
-                                          *OWN_ARGS.get(name, []), "--set", "train.epochs=2", "--set", "model.arch=deepfm"]
+    assert cmd[cmd.index("-m") + 1 :] == [
+        "recdim.cli",
+        name,
+        "--config",
+        "configs/demo.toml",
+        "--out",
+        "/shared/runs/x",
+        *OWN_ARGS.get(name, []),
+        "--set",
+        "train.epochs=2",
+        "--set",
+        "model.arch=deepfm",
+    ]
     # Several hosts rendezvous at the first host's address, which the scheduler fills in.
     assert macros.rank0_env in role.args[1]
     assert (app.name, role.name, role.image) == (f"recdim-{name}", name, "reg/recdim:1")
@@ -59,13 +83,18 @@ def test_component_command_is_one_recdim_accepts(name, capsys):
     """What each component runs (``recdim.cli <command> ...``) parses with recdim's own parser."""
     app = getattr(components, name)("train.epochs=2", config="configs/demo.toml", out="runs/x", **KWARGS.get(name, {}))
     cmd = _torchrun(app)
-    module, command, *rest = cmd[cmd.index("-m") + 1:]
+    module, command, *rest = cmd[cmd.index("-m") + 1 :]
     assert (module, command) == (components.MODULE, name)
     with pytest.raises(SystemExit) as e:
         build_parser().parse_args([command, "--help"])
     assert e.value.code == 0 and f"usage: recdim {command}" in capsys.readouterr().out
     args = build_parser().parse_args([command, *rest])  # a rejected argument would raise SystemExit(2)
-    assert (args.command, args.config, args.out, args.overrides) == (name, "configs/demo.toml", "runs/x", ["train.epochs=2"])
+    assert (args.command, args.config, args.out, args.overrides) == (
+        name,
+        "configs/demo.toml",
+        "runs/x",
+        ["train.epochs=2"],
+    )
     if name in FROM:
         assert args.from_dir == FROM[name]
     if name == "bench":
@@ -106,8 +135,22 @@ def test_torchx_local_cwd_two_processes_match_one(tmp_path):
 
     bindir = str(Path(sys.executable).parent)  # torchx and torchrun of this environment
     env = dict(os.environ, OMP_NUM_THREADS="1", PATH=bindir + os.pathsep + os.environ.get("PATH", ""))
-    cmd = [os.path.join(bindir, "torchx"), "run", "-s", "local_cwd", "-cfg", f"log_dir={tmp_path / 'logs'}",
-           "launch/components.py:train", "--config", cfg, "--out", str(tmp_path / "two"), "--nproc_per_node", "2", *sets]
+    cmd = [
+        os.path.join(bindir, "torchx"),
+        "run",
+        "-s",
+        "local_cwd",
+        "-cfg",
+        f"log_dir={tmp_path / 'logs'}",
+        "launch/components.py:train",
+        "--config",
+        cfg,
+        "--out",
+        str(tmp_path / "two"),
+        "--nproc_per_node",
+        "2",
+        *sets,
+    ]
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=400)
     assert proc.returncode == 0 and "SUCCEEDED" in proc.stdout + proc.stderr, (proc.stdout + proc.stderr)[-3000:]
     two = json.loads((tmp_path / "two" / "results.json").read_text())

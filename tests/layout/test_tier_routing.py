@@ -21,9 +21,10 @@ def test_routing_of_mixed_plans():
     assert all(r.tiers[g][2] == POOLED for g in r.pooled)
     assert all(plans[r.tiers[g][0]].feature == "b" and r.tiers[g][1].shared for g in r.pooled)
     lo = r.num_pooled
-    for (a, b, w) in r.segments:  # per-id slots: one contiguous range per width, ascending
-        assert a == lo and all(r.tiers[r.slot_order[s]][1].width == w and r.tiers[r.slot_order[s]][2] == PER_ID
-                               for s in range(a, b))
+    for a, b, w in r.segments:  # per-id slots: one contiguous range per width, ascending
+        assert a == lo and all(
+            r.tiers[r.slot_order[s]][1].width == w and r.tiers[r.slot_order[s]][2] == PER_ID for s in range(a, b)
+        )
         lo = b
     assert lo == len(r.slot_order) and r.widths == sorted(r.widths)
     assert r.row_base == [0, plans[0].kept_rows, plans[0].kept_rows + plans[1].kept_rows]

@@ -10,13 +10,13 @@ from torchrec.sparse.jagged_tensor import KeyedTensor
 
 from recdim.config import ARCHES, ModelConfig
 from recdim.models import (
-    DLRMArch,
+    MLP,
     DeepFMArch,
+    DLRMArch,
     DotInteraction,
     FMArch,
     InteractionArch,
     MFArch,
-    MLP,
     MLPArch,
     NeuMFArch,
     WideDeepArch,
@@ -121,9 +121,7 @@ def test_dlrm_matches_explicit_loop(num_dense: int) -> None:
         vectors = [x] + vectors
         pieces.append(x)
     pairs = [
-        (vectors[i] * vectors[j]).sum(-1, keepdim=True)
-        for i in range(len(vectors))
-        for j in range(i + 1, len(vectors))
+        (vectors[i] * vectors[j]).sum(-1, keepdim=True) for i in range(len(vectors)) for j in range(i + 1, len(vectors))
     ]
     want = arch.top(torch.cat(pieces + pairs, dim=1)).squeeze(-1)
     torch.testing.assert_close(arch(dense, kt), want)
@@ -152,9 +150,7 @@ def test_fm_arch_matches_hand_formula_with_dense() -> None:
     u = arch.fm.first_order.dense_linear.weight[0]
     vd = arch.fm.second_order.dense_vectors
     fields = list(embs) + [dense[:, d : d + 1] * vd[d] for d in range(2)]
-    second = sum(
-        (fields[i] * fields[j]).sum(-1) for i in range(len(fields)) for j in range(i + 1, len(fields))
-    )
+    second = sum((fields[i] * fields[j]).sum(-1) for i in range(len(fields)) for j in range(i + 1, len(fields)))
     first = sum((embs[f] * w[f]).sum(-1) for f in range(3)) + dense @ u
     torch.testing.assert_close(arch(dense, kt), arch.bias + first + second)
 

@@ -59,13 +59,22 @@ def make_bags(batch: int, seed: int) -> Bags:
 def to_kjt(bags: Bags, lo: int, hi: int) -> KeyedJaggedTensor:
     values = [i for f in FEATURES for bag in bags[f][lo:hi] for i in bag]
     lengths = [len(bag) for f in FEATURES for bag in bags[f][lo:hi]]
-    return KeyedJaggedTensor.from_lengths_sync(keys=FEATURES, values=torch.tensor(values, dtype=torch.long), lengths=torch.tensor(lengths, dtype=torch.int32))
+    return KeyedJaggedTensor.from_lengths_sync(
+        keys=FEATURES, values=torch.tensor(values, dtype=torch.long), lengths=torch.tensor(lengths, dtype=torch.int32)
+    )
 
 
-def make_provider(storage: str, transform: str, pooling: str = "sum", device: Optional[torch.device] = None) -> CandidateDimsProvider:
+def make_provider(
+    storage: str, transform: str, pooling: str = "sum", device: Optional[torch.device] = None
+) -> CandidateDimsProvider:
     provider = CandidateDimsProvider(
-        NUM, K, CANDIDATES, SharedPrefix() if storage == "shared" else SeparateTables(),
-        LinearBatchNorm if transform == "linear_bn" else ZeroPad, pooling, device=device,
+        NUM,
+        K,
+        CANDIDATES,
+        SharedPrefix() if storage == "shared" else SeparateTables(),
+        LinearBatchNorm if transform == "linear_bn" else ZeroPad,
+        pooling,
+        device=device,
     )
     g = torch.Generator().manual_seed(4)  # the same transforms whether tables are on meta or not
     with torch.no_grad():
@@ -106,7 +115,9 @@ class Reference:
         self.tables: Dict[str, torch.Tensor] = {}
         for t in provider.tables:
             key = f"{prefix}embedding_bags.{t.name}.weight"
-            self.tables[t.name] = table_rows(SEED, key, (0, t.num_embeddings), (0, t.embedding_dim), t.embedding_dim, STD).requires_grad_()
+            self.tables[t.name] = table_rows(
+                SEED, key, (0, t.num_embeddings), (0, t.embedding_dim), t.embedding_dim, STD
+            ).requires_grad_()
         self.linears: Dict[str, List[Tuple[torch.Tensor, torch.Tensor]]] = {}
         self.bn: Dict[str, Tuple[nn.BatchNorm1d, int]] = {}  # feature -> (BatchNorm, first channel)
         for f in FEATURES:
@@ -149,7 +160,10 @@ class Reference:
                 if bn_train:
                     mu, var = y.mean(0), y.var(0, unbiased=False)
                 else:
-                    mu, var = bn.running_mean[c0 + j * K : c0 + (j + 1) * K], bn.running_var[c0 + j * K : c0 + (j + 1) * K]
+                    mu, var = (
+                        bn.running_mean[c0 + j * K : c0 + (j + 1) * K],
+                        bn.running_var[c0 + j * K : c0 + (j + 1) * K],
+                    )
                 ys.append((y - mu) / torch.sqrt(var + bn.eps))
             logits = self.alpha[fi] + (NOISE[fi][: len(dims)] if noise else 0.0)
             p = torch.softmax(logits / TAU, dim=0)
@@ -157,8 +171,14 @@ class Reference:
         return torch.cat(outs, dim=1)
 
 
-def check_dense_grads(provider: CandidateDimsProvider, ref: Reference, transform: str, alpha_grads: Sequence[torch.Tensor],
-                      transform_grads: Sequence[Tuple[torch.Tensor, torch.Tensor]], bn_train: bool) -> None:
+def check_dense_grads(
+    provider: CandidateDimsProvider,
+    ref: Reference,
+    transform: str,
+    alpha_grads: Sequence[torch.Tensor],
+    transform_grads: Sequence[Tuple[torch.Tensor, torch.Tensor]],
+    bn_train: bool,
+) -> None:
     """``transform_grads``: (weight grad, bias grad) of each transform (group) of the provider."""
     # Training-mode BatchNorm's backward subtracts batch means of the incoming gradient (cancellation), so
     # float32 results agree to ~1e-5 relative only: rtol 1e-4 there, 1e-5 everywhere else. The Linear bias
@@ -200,7 +220,12 @@ def test_candidate_clipping() -> None:
 
 @pytest.mark.parametrize(
     "storage,transform,pooling",
-    [("shared", "linear_bn", "sum"), ("shared", "zero_pad", "mean"), ("separate", "linear_bn", "mean"), ("separate", "zero_pad", "sum")],
+    [
+        ("shared", "linear_bn", "sum"),
+        ("shared", "zero_pad", "mean"),
+        ("separate", "linear_bn", "mean"),
+        ("separate", "zero_pad", "sum"),
+    ],
 )
 def test_matches_reference_unsharded(storage: str, transform: str, pooling: str) -> None:
     provider = make_provider(storage, transform, pooling)
@@ -225,7 +250,12 @@ def test_matches_reference_unsharded(storage: str, transform: str, pooling: str)
     provider.eval()
     set_running_stats(provider)
     with torch.no_grad():
-        torch.testing.assert_close(provider(to_kjt(bags, 0, 6)).values(), ref(bags, pooling == "mean", bn_train=False, noise=False), atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(
+            provider(to_kjt(bags, 0, 6)).values(),
+            ref(bags, pooling == "mean", bn_train=False, noise=False),
+            atol=1e-5,
+            rtol=1e-5,
+        )
 
 
 def test_equal_mixing_gives_zero_alpha_gradient() -> None:
@@ -271,12 +301,20 @@ def _dist_cases(rank: int, world: int) -> List[Dict[str, object]]:
         live = dmp.module
         out = dmp(to_kjt(bags, lo, hi)).values()
         ((out * r[lo:hi]).sum() / (hi - lo)).backward()
-        results.append(dict(
-            out=out.detach(),
-            pieces=[(key, rows, cols, t.detach().clone()) for key, v in table_state(dmp) for t, rows, cols in local_pieces(v)],
-            alpha=[a.grad.clone() for a in live.alpha],
-            transform=[(tr.weight.grad.clone(), tr.bias.grad.clone()) for tr in live.transforms] if transform == "linear_bn" else [],
-        ))
+        results.append(
+            dict(
+                out=out.detach(),
+                pieces=[
+                    (key, rows, cols, t.detach().clone())
+                    for key, v in table_state(dmp)
+                    for t, rows, cols in local_pieces(v)
+                ],
+                alpha=[a.grad.clone() for a in live.alpha],
+                transform=[(tr.weight.grad.clone(), tr.bias.grad.clone()) for tr in live.transforms]
+                if transform == "linear_bn"
+                else [],
+            )
+        )
     return results
 
 

@@ -3,11 +3,11 @@
 import torch
 from torchrec import KeyedJaggedTensor
 
+from recdim.layout.blocks import make_block_plan
 from recdim.modules.soft_selection import SoftSelectionProvider
+from recdim.modules.table_init import full_tables, init_tables
 from recdim.modules.threshold import GATES, ThresholdEmbeddingProvider, make_thresholds
 from recdim.modules.uniform import UniformEmbeddingProvider
-from recdim.layout.blocks import make_block_plan
-from recdim.modules.table_init import full_tables, init_tables
 
 SIZES = {"a": 37, "b": 5}
 K = 8
@@ -40,7 +40,9 @@ def test_single_id_output_equals_effective_row():
             ids = torch.arange(n)
             kjt = KeyedJaggedTensor.from_lengths_sync(
                 keys=[f, other] if f == provider.feature_names[0] else [other, f],
-                values=torch.cat([ids, torch.zeros(n, dtype=torch.long)]) if f == provider.feature_names[0] else torch.cat([torch.zeros(n, dtype=torch.long), ids]),
+                values=torch.cat([ids, torch.zeros(n, dtype=torch.long)])
+                if f == provider.feature_names[0]
+                else torch.cat([torch.zeros(n, dtype=torch.long), ids]),
                 lengths=torch.ones(2 * n, dtype=torch.int32),
             )
             out = provider(kjt).to_dict()[f]

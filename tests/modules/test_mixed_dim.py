@@ -12,13 +12,13 @@ import torch
 from torchrec import KeyedJaggedTensor, KeyedTensor
 
 from recdim.config import ModelConfig, TrainConfig
-from recdim.modules.mixed_dim import Segment, MixedDimensionProvider, blocks_from_assignment, mixed_dim_provider_factory
-from recdim.modules.uniform import table_name
-from recdim.layout.dims import DimAssignment, Projection, budget_for_cr
-from recdim.search.baselines.mde import mde_dims
 from recdim.layout.blocks import per_table_blocks
-from recdim.train.distributed import build_optimizer, init_distributed, shard_model
+from recdim.layout.dims import DimAssignment, Projection, budget_for_cr
+from recdim.modules.mixed_dim import MixedDimensionProvider, Segment, blocks_from_assignment, mixed_dim_provider_factory
 from recdim.modules.table_init import init_tables, local_pieces, table_rows, table_state
+from recdim.modules.uniform import table_name
+from recdim.search.baselines.mde import mde_dims
+from recdim.train.distributed import build_optimizer, init_distributed, shard_model
 from tests.dist_utils import run_ranks
 
 K = 8
@@ -55,7 +55,9 @@ def blocks() -> List[Segment]:
 def make_bags(seed: int, B: int) -> Dict[str, List[List[int]]]:
     """Per feature, B bags: single-valued features 0 or 1 id, multi-valued 0 to 5 (empty bags included)."""
     g = np.random.default_rng(seed)
-    return {f: [g.integers(0, n, g.integers(0, 6 if f in MULTI else 2)).tolist() for _ in range(B)] for f, n in NUM.items()}
+    return {
+        f: [g.integers(0, n, g.integers(0, 6 if f in MULTI else 2)).tolist() for _ in range(B)] for f, n in NUM.items()
+    }
 
 
 def make_weights(bags, seed: int):
@@ -72,7 +74,9 @@ def make_kjt(bags, rows: slice, weights=None) -> KeyedJaggedTensor:
             if weights is not None:
                 ws += weights[f][rows][b]
     return KeyedJaggedTensor.from_lengths_sync(
-        keys=list(NUM), values=torch.tensor(values, dtype=torch.int64), lengths=torch.tensor(lengths, dtype=torch.int32),
+        keys=list(NUM),
+        values=torch.tensor(values, dtype=torch.int64),
+        lengths=torch.tensor(lengths, dtype=torch.int32),
         weights=torch.tensor(ws, dtype=torch.float32) if weights is not None else None,
     )
 
@@ -117,7 +121,10 @@ def test_layout_from_assignment_params_and_bytes():
     a = assignment()
     bl = blocks()
     assert [(b.feature, b.start, b.stop, b.dim, b.projected) for b in bl if b.feature == "u"] == [
-        ("u", 0, 5, 8, False), ("u", 5, 20, 4, True), ("u", 20, 37, 4, True)]
+        ("u", 0, 5, 8, False),
+        ("u", 5, 20, 4, True),
+        ("u", 20, 37, 4, True),
+    ]
     assert ("tags", 3, 3) not in [(b.feature, b.start, b.stop) for b in bl]  # empty block: no rows, no cut
     p = MixedDimensionProvider(NUM, K, bl, device=torch.device("cpu"))
     names = {c.name: (c.num_embeddings, c.embedding_dim) for c in p.tables}
@@ -143,13 +150,19 @@ def test_mde_assignment_builds_a_provider_with_its_parameters():
     counts = {f: np.sort(g.zipf(1.5, n))[::-1].copy() for f, n in num.items()}
     a = mde_dims(counts, per_table_blocks(num, 3), K, budget_for_cr(num, K, 1.5), alpha=0.5)
     assert a.projections and len(set(a.dims["u"].tolist())) > 1
-    p = mixed_dim_provider_factory(blocks_from_assignment(a), K)(ModelConfig(embedding_dim=K), num, False, torch.device("cpu"))
+    p = mixed_dim_provider_factory(blocks_from_assignment(a), K)(
+        ModelConfig(embedding_dim=K), num, False, torch.device("cpu")
+    )
     assert len(p.blocks) == 3 * len(num) and len(p.projections) > 0
     assert p.embedding_params() == a.params <= budget_for_cr(num, K, 1.5)
     with pytest.raises(ValueError, match="no dimension blocks"):
-        mixed_dim_provider_factory(blocks_from_assignment(a), K)(ModelConfig(embedding_dim=K), {"z": 3}, False, torch.device("cpu"))
+        mixed_dim_provider_factory(blocks_from_assignment(a), K)(
+            ModelConfig(embedding_dim=K), {"z": 3}, False, torch.device("cpu")
+        )
     with pytest.raises(ValueError, match="K = 8"):
-        mixed_dim_provider_factory(blocks_from_assignment(a), K)(ModelConfig(embedding_dim=16), num, False, torch.device("cpu"))
+        mixed_dim_provider_factory(blocks_from_assignment(a), K)(
+            ModelConfig(embedding_dim=16), num, False, torch.device("cpu")
+        )
 
 
 @pytest.mark.parametrize("pooling,weighted", [("sum", False), ("mean", False), ("sum", True), ("mean", True)])
@@ -164,7 +177,9 @@ def test_forward_and_gradients_match_reference(pooling, weighted):
     ws = make_weights(bags, 4) if weighted else None
     out = p(make_kjt(bags, slice(None), ws)).values()
     leaf_t = {k: v.clone().requires_grad_(True) for k, v in tables.items()}
-    leaf_p = {key: p.projection(key).detach().clone().requires_grad_(True) for b, key in keyed_blocks(bl) if b.projected}
+    leaf_p = {
+        key: p.projection(key).detach().clone().requires_grad_(True) for b, key in keyed_blocks(bl) if b.projected
+    }
     ref = reference(leaf_t, leaf_p, bl, bags, pooling, ws)
     torch.testing.assert_close(out, ref, **TOL)
     assert any(len(x) == 0 for x in bags["tags"]) and any(len(x) > 1 for x in bags["tags"])
@@ -195,7 +210,9 @@ class ReversedKeys(torch.nn.Module):
         kt = self.ebc(kjt)
         d = kt.to_dict()
         keys = list(reversed(kt.keys()))
-        return KeyedTensor(keys=keys, length_per_key=[d[k].size(1) for k in keys], values=torch.cat([d[k] for k in keys], 1))
+        return KeyedTensor(
+            keys=keys, length_per_key=[d[k].size(1) for k in keys], values=torch.cat([d[k] for k in keys], 1)
+        )
 
 
 def test_any_output_key_order_of_the_ebc():
@@ -212,7 +229,9 @@ def test_any_output_key_order_of_the_ebc():
     assert p._layout is not None and p._layout.perm is not None
     torch.testing.assert_close(out, plain, **TOL)
     leaf_t = {k: v.clone().requires_grad_(True) for k, v in tables.items()}
-    leaf_p = {key: p.projection(key).detach().clone().requires_grad_(True) for b, key in keyed_blocks(bl) if b.projected}
+    leaf_p = {
+        key: p.projection(key).detach().clone().requires_grad_(True) for b, key in keyed_blocks(bl) if b.projected
+    }
     ref = reference(leaf_t, leaf_p, bl, bags, "mean")
     torch.testing.assert_close(out, ref, **TOL)
     out.pow(2).sum().backward()
@@ -263,8 +282,11 @@ def test_sharded_two_ranks_forward_gradients_and_sgd_step_match_reference():
     results = run_ranks(2, _sharded_step)
     kb = keyed_blocks(bl)
     prefix = "provider.ebc.embedding_bags."
-    tables = {key: table_rows(SEED, f"{prefix}{table_name(key)}.weight", (0, b.rows), (0, b.dim), b.dim, STD)
-              for b, key in kb if b.dim > 0}
+    tables = {
+        key: table_rows(SEED, f"{prefix}{table_name(key)}.weight", (0, b.rows), (0, b.dim), b.dim, STD)
+        for b, key in kb
+        if b.dim > 0
+    }
     init_p = results[0][2]
     assert init_p and all(torch.equal(init_p[k], results[1][2][k]) for k in init_p)
     param_of = {k.split(".")[-1]: k for k in init_p}  # "w4" -> its state key, [n, 4, K]
@@ -308,9 +330,17 @@ def test_run_retrain_dims_end_to_end(tmp_path):
     from recdim.train.model_io import load_model
 
     data = tmp_path / "data"
-    sets = [f"prepare.output={data}", "prepare.synthetic.rows=6000", "train.epochs=1", "train.max_steps=8",
-            "train.batch_size=256", "train.progress=false", "train.device=cpu",
-            "search.baseline.num_blocks=2", "search.baseline.blocking=per_table"]
+    sets = [
+        f"prepare.output={data}",
+        "prepare.synthetic.rows=6000",
+        "train.epochs=1",
+        "train.max_steps=8",
+        "train.batch_size=256",
+        "train.progress=false",
+        "train.device=cpu",
+        "search.baseline.num_blocks=2",
+        "search.baseline.blocking=per_table",
+    ]
     cfg = load(str(ROOT / "configs" / "demo.toml"), tuple(sets))
     prepare(cfg.prepare)
     ds = PreparedDataset(cfg.data_path)

@@ -9,10 +9,10 @@ import torch
 from torchrec import KeyedJaggedTensor
 
 from recdim.config import TrainConfig
-from recdim.modules.soft_selection import BlockSplitPooling, SequenceScaling, SoftSelectionProvider
 from recdim.layout.blocks import BlockPlan, global_blocks, per_table_blocks
-from recdim.train.distributed import build_optimizer, init_distributed, shard_model
+from recdim.modules.soft_selection import BlockSplitPooling, SequenceScaling, SoftSelectionProvider
 from recdim.modules.table_init import init_tables, local_pieces, table_rows, table_state
+from recdim.train.distributed import build_optimizer, init_distributed, shard_model
 from tests.dist_utils import run_ranks
 
 K = 4
@@ -47,7 +47,9 @@ def make_kjt(bags, rows: slice, weights=None) -> KeyedJaggedTensor:
             if weights is not None:
                 ws += weights[f][rows][b]
     return KeyedJaggedTensor.from_lengths_sync(
-        keys=list(NUM), values=torch.tensor(values, dtype=torch.int64), lengths=torch.tensor(lengths, dtype=torch.int32),
+        keys=list(NUM),
+        values=torch.tensor(values, dtype=torch.int64),
+        lengths=torch.tensor(lengths, dtype=torch.int32),
         weights=torch.tensor(ws, dtype=torch.float32) if weights is not None else None,
     )
 
@@ -88,7 +90,9 @@ CASES = [  # (scheme, L, pooling, weighted)
 
 
 def table_weight(provider, f):
-    return provider.get_submodule(f"{'ec.embeddings' if f in provider._seq_features else 'ebc.embedding_bags'}.t_{f}").weight
+    return provider.get_submodule(
+        f"{'ec.embeddings' if f in provider._seq_features else 'ebc.embedding_bags'}.t_{f}"
+    ).weight
 
 
 @pytest.mark.parametrize("paths", sorted(PATHS))
@@ -208,7 +212,7 @@ def test_sharded_two_processes_match_reference():
         keys = {p[0] for r in res for p in r["pieces"]}
         tables = {}
         for key in keys:
-            f = key.split(".")[-2][len("t_"):]
+            f = key.split(".")[-2][len("t_") :]
             tables[f] = table_rows(SEED, key, (0, NUM[f]), (0, K), K, STD).requires_grad_()
         alpha = sharded_alpha(plan).requires_grad_()
         bags = make_bags(11, GLOBAL_B, False)
@@ -224,7 +228,7 @@ def test_sharded_two_processes_match_reference():
         seen = {f: torch.zeros(NUM[f], K, dtype=torch.bool) for f in NUM}
         for r in res:
             for key, (r0, r1), (c0, c1), t in r["pieces"]:
-                f = key.split(".")[-2][len("t_"):]
+                f = key.split(".")[-2][len("t_") :]
                 want = (tables[f] - LR * tables[f].grad).detach()[r0:r1, c0:c1]
                 torch.testing.assert_close(t, want, **TOL, msg=f"{case} {f}")
                 seen[f][r0:r1, c0:c1] = True

@@ -2,16 +2,19 @@ import pytest
 import torch
 
 from recdim.config import TrainConfig
+from recdim.modules.table_init import ROWS_PER_BLOCK, init_tables, restore, snapshot, table_rows
 from recdim.modules.uniform import UniformEmbeddingProvider
 from recdim.train.distributed import init_distributed, shard_model
-from recdim.modules.table_init import ROWS_PER_BLOCK, init_tables, restore, snapshot, table_rows
 from tests.dist_utils import run_ranks
 
 SIZES = {"a": ROWS_PER_BLOCK + 37, "b": 11}
 
 
 def full_tables(seed=7, std=0.1, dim=8):
-    return {f: table_rows(seed, f"provider.ebc.embedding_bags.t_{f}.weight", (0, n), (0, dim), dim, std) for f, n in SIZES.items()}
+    return {
+        f: table_rows(seed, f"provider.ebc.embedding_bags.t_{f}.weight", (0, n), (0, dim), dim, std)
+        for f, n in SIZES.items()
+    }
 
 
 class Holder(torch.nn.Module):

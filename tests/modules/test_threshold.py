@@ -14,6 +14,7 @@ import torch
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
 from recdim.config import TrainConfig
+from recdim.modules.table_init import init_tables, local_pieces, table_rows, table_state
 from recdim.modules.threshold import (
     FeatureDimensionThreshold,
     ThresholdEmbeddingProvider,
@@ -21,7 +22,6 @@ from recdim.modules.threshold import (
     pool_rows,
 )
 from recdim.search.pep import count_nonzeros, gather_masks
-from recdim.modules.table_init import init_tables, local_pieces, table_rows, table_state
 from tests.dist_utils import run_ranks
 
 K = 8
@@ -48,7 +48,8 @@ def full_tables(provider: ThresholdEmbeddingProvider) -> Dict[str, torch.Tensor]
     """The initial tables (``fill`` under each table's state-dict key), whole, as leaves for autograd."""
     width = K * provider.thresholds.columns_per_value
     return {
-        f: fill(SEED, provider.table_key(f"t_{f}"), (0, n), (0, width), width, STD).requires_grad_() for f, n in NUM.items()
+        f: fill(SEED, provider.table_key(f"t_{f}"), (0, n), (0, width), width, STD).requires_grad_()
+        for f, n in NUM.items()
     }
 
 
@@ -75,7 +76,9 @@ def make_weights(bags: Bags, seed: int) -> Weights:
     return {f: [[float(x) for x in torch.rand(len(bag), generator=g) + 0.5] for bag in bags[f]] for f in FEATURES}
 
 
-def to_kjt(bags: Bags, lo: int, hi: int, weights: Optional[Weights] = None, keys: List[str] = FEATURES) -> KeyedJaggedTensor:
+def to_kjt(
+    bags: Bags, lo: int, hi: int, weights: Optional[Weights] = None, keys: List[str] = FEATURES
+) -> KeyedJaggedTensor:
     values, lengths, w = [], [], []
     for f in keys:
         for i in range(lo, hi):
@@ -84,13 +87,21 @@ def to_kjt(bags: Bags, lo: int, hi: int, weights: Optional[Weights] = None, keys
             if weights is not None:
                 w += weights[f][i]
     return KeyedJaggedTensor.from_lengths_sync(
-        keys=list(keys), values=torch.tensor(values, dtype=torch.long), lengths=torch.tensor(lengths, dtype=torch.int32),
+        keys=list(keys),
+        values=torch.tensor(values, dtype=torch.long),
+        lengths=torch.tensor(lengths, dtype=torch.int32),
         weights=torch.tensor(w) if weights is not None else None,
     )
 
 
-def reference(tables: Dict[str, torch.Tensor], s: Optional[torch.Tensor], granularity: str, bags: Bags, mean: bool,
-              weights: Optional[Weights] = None) -> torch.Tensor:
+def reference(
+    tables: Dict[str, torch.Tensor],
+    s: Optional[torch.Tensor],
+    granularity: str,
+    bags: Bags,
+    mean: bool,
+    weights: Optional[Weights] = None,
+) -> torch.Tensor:
     """Per id: split value / threshold, sign(V) relu(|V| - sigmoid(s + offset)), weight, sum or mean."""
     batch = len(bags["a"])
     out = []
@@ -113,11 +124,18 @@ def reference(tables: Dict[str, torch.Tensor], s: Optional[torch.Tensor], granul
     return torch.cat(out, dim=1)
 
 
-def make_provider(granularity: str, pooling: str, device: Optional[torch.device] = None, weighted: bool = False,
-                  layout: str = "per_id", gate: Callable[[torch.Tensor], torch.Tensor] = torch.sigmoid) -> ThresholdEmbeddingProvider:
+def make_provider(
+    granularity: str,
+    pooling: str,
+    device: Optional[torch.device] = None,
+    weighted: bool = False,
+    layout: str = "per_id",
+    gate: Callable[[torch.Tensor], torch.Tensor] = torch.sigmoid,
+) -> ThresholdEmbeddingProvider:
     thresholds = make_thresholds(granularity, FEATURES, K, -3.0)
-    return ThresholdEmbeddingProvider(NUM, K, thresholds, gate, pooling=pooling, is_weighted=weighted, device=device,
-                                      single_valued=SINGLE[layout])
+    return ThresholdEmbeddingProvider(
+        NUM, K, thresholds, gate, pooling=pooling, is_weighted=weighted, device=device, single_valued=SINGLE[layout]
+    )
 
 
 def set_dense_s(provider: ThresholdEmbeddingProvider, granularity: str) -> None:
@@ -130,7 +148,9 @@ def set_dense_s(provider: ThresholdEmbeddingProvider, granularity: str) -> None:
 
 def test_pooling_basics() -> None:
     rows = torch.arange(12.0).view(4, 3)
-    torch.testing.assert_close(pool_rows(rows, torch.tensor([2, 0, 2]), mean=True), torch.tensor([[1.5, 2.5, 3.5], [0, 0, 0], [7.5, 8.5, 9.5]]))
+    torch.testing.assert_close(
+        pool_rows(rows, torch.tensor([2, 0, 2]), mean=True), torch.tensor([[1.5, 2.5, 3.5], [0, 0, 0], [7.5, 8.5, 9.5]])
+    )
     assert pool_rows(rows, torch.ones(4, dtype=torch.int32)) is rows  # single-valued fast path
 
 
@@ -167,7 +187,9 @@ def test_matches_reference_unsharded(granularity: str, pooling: str, layout: str
 
 
 DIST_CASES = [(g, "sum", layout, False) for layout in SINGLE for g in GRANULARITIES] + [
-    ("dimension", "mean", "per_id", False), ("dimension", "mean", "mixed", False), ("feature_dimension", "sum", "mixed", True),
+    ("dimension", "mean", "per_id", False),
+    ("dimension", "mean", "mixed", False),
+    ("feature_dimension", "sum", "mixed", True),
 ]
 
 
@@ -193,7 +215,9 @@ def _dist_cases(rank: int, world: int) -> List[Dict[str, object]]:
         masks = gather_masks(live)
         out = dmp(to_kjt(bags, lo, hi, weights if weighted else None)).values()
         ((out * r[lo:hi]).sum() / (hi - lo)).backward()
-        pieces = [(key, rows, cols, t.detach().clone()) for key, v in table_state(dmp) for t, rows, cols in local_pieces(v)]
+        pieces = [
+            (key, rows, cols, t.detach().clone()) for key, v in table_state(dmp) for t, rows, cols in local_pieces(v)
+        ]
         s_grad = live.thresholds.s.grad.clone() if granularity != "feature_dimension" else None
         results.append(dict(out=out.detach(), s_grad=s_grad, pieces=pieces, nnz=nnz, masks=masks))
     return results
@@ -227,7 +251,11 @@ def test_matches_reference_sharded_two_ranks() -> None:
             masks = {}
             for fi, f in enumerate(FEATURES):
                 t = tables[f]
-                v, thr = (t[:, 0::2], t[:, 1::2]) if granularity == "feature_dimension" else (t, s[fi] if granularity == "feature" else s)
+                v, thr = (
+                    (t[:, 0::2], t[:, 1::2])
+                    if granularity == "feature_dimension"
+                    else (t, s[fi] if granularity == "feature" else s)
+                )
                 masks[f"t_{f}"] = v.abs() > torch.sigmoid(thr + OFFSET)
         total = sum(n * K for n in NUM.values())
         expected = sum(int(m.sum()) for m in masks.values())

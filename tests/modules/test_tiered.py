@@ -7,13 +7,13 @@ import torch
 from torchrec import KeyedJaggedTensor
 
 from recdim.config import ModelConfig, TrainConfig
-from recdim.modules.tiered import TieredEmbeddingProvider, tiered_provider_factory
-from recdim.retrain.tier_weights import gather_tier_values, write_tier_tables
 from recdim.layout.tier_plan import DenseRemap, RunRemap
-from recdim.prune.planner import PlannerConfig, plan_tables
 from recdim.layout.tier_values import tier_values
-from recdim.train.distributed import build_optimizer, init_distributed, shard_model
 from recdim.modules.table_init import local_pieces, table_state
+from recdim.modules.tiered import TieredEmbeddingProvider, tiered_provider_factory
+from recdim.prune.planner import PlannerConfig, plan_tables
+from recdim.retrain.tier_weights import gather_tier_values, write_tier_tables
+from recdim.train.distributed import build_optimizer, init_distributed, shard_model
 from tests.dist_utils import run_ranks
 
 K = 8
@@ -53,7 +53,11 @@ def make_bags(B: int, seed: int) -> Dict[str, List[Tuple[List[int], List[float]]
     for f, n in SIZES.items():
         rows = []
         for _ in range(B):
-            L = int(torch.randint(0, MAX_LEN[f] + 1, (1,), generator=g)) if MAX_LEN[f] > 1 else int(torch.rand(1, generator=g) < 0.85)
+            L = (
+                int(torch.randint(0, MAX_LEN[f] + 1, (1,), generator=g))
+                if MAX_LEN[f] > 1
+                else int(torch.rand(1, generator=g) < 0.85)
+            )
             rows.append((torch.randint(0, n, (L,), generator=g).tolist(), (torch.rand(L, generator=g) + 0.5).tolist()))
         bags[f] = rows
     return bags
@@ -64,7 +68,9 @@ def to_kjt(bags, samples, weighted: bool = False) -> KeyedJaggedTensor:
     ws = [w for f in SIZES for s in samples for w in bags[f][s][1]]
     lengths = [len(bags[f][s][0]) for f in SIZES for s in samples]
     return KeyedJaggedTensor.from_lengths_sync(
-        keys=list(SIZES), values=torch.tensor(ids, dtype=torch.int64), lengths=torch.tensor(lengths, dtype=torch.int32),
+        keys=list(SIZES),
+        values=torch.tensor(ids, dtype=torch.int64),
+        lengths=torch.tensor(lengths, dtype=torch.int32),
         weights=torch.tensor(ws) if weighted else None,
     )
 
@@ -96,7 +102,8 @@ def test_plans_cover_every_route():
     assert by["d"].tiers == ()
     provider = TieredEmbeddingProvider(plans, MULTI, device=torch.device("cpu"))
     assert provider.ebc is not None and {c.name for c in provider.ebc.embedding_bag_configs()} == {
-        t.name for t in by["b"].tiers if t.shared}
+        t.name for t in by["b"].tiers if t.shared
+    }
     assert len(provider.ecs) >= 2
 
 
@@ -117,7 +124,12 @@ def test_forward_and_gradients_match_masked_reference(pooling, weighted):
     (ref * proj).sum().backward()
     for p in plans:
         grads = [provider.tier_parameter(t.name).grad for t in p.tiers]
-        grads = [g.to_dense() if g is not None and g.is_sparse else (g if g is not None else torch.zeros(t.num_rows, t.width)) for g, t in zip(grads, p.tiers)]
+        grads = [
+            g.to_dense()
+            if g is not None and g.is_sparse
+            else (g if g is not None else torch.zeros(t.num_rows, t.width))
+            for g, t in zip(grads, p.tiers)
+        ]
         expect = tier_values(p, leaf[p.name].grad)  # reference gradient on the kept entries, zero padding
         for g, e in zip(grads, expect):
             torch.testing.assert_close(g, e, rtol=0, atol=1e-6)
@@ -175,7 +187,9 @@ def test_provider_factory_checks_plans():
     plans, _ = setup()
     factory = tiered_provider_factory(plans, MULTI)
     provider = factory(ModelConfig(embedding_dim=K), {"c": 50, "a": 60}, False, torch.device("cpu"))
-    assert provider.feature_names == ["c", "a"] and provider.embedding_bytes() == sum(p.bytes().total for p in plans[::2][::-1])
+    assert provider.feature_names == ["c", "a"] and provider.embedding_bytes() == sum(
+        p.bytes().total for p in plans[::2][::-1]
+    )
     with pytest.raises(ValueError, match="model wants"):
         factory(ModelConfig(embedding_dim=K), {"a": 61}, False, torch.device("cpu"))
     with pytest.raises(ValueError, match="no table plan"):
@@ -225,7 +239,11 @@ def test_sharded_two_ranks_forward_and_sgd_step_match_reference():
     (ref * proj).sum(1).mean().backward()
     torch.testing.assert_close(torch.cat([r[0] for r in results]), ref.detach(), rtol=0, atol=1e-6)
 
-    expect = {t.name: v for p in plans for t, v in zip(p.tiers, tier_values(p, (leaf[p.name] - LR * leaf[p.name].grad).detach()))}
+    expect = {
+        t.name: v
+        for p in plans
+        for t, v in zip(p.tiers, tier_values(p, (leaf[p.name] - LR * leaf[p.name].grad).detach()))
+    }
     seen = set()
     assert results[1][2] is None
     gathered = results[0][2]

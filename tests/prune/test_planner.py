@@ -9,8 +9,8 @@ from torchrec.distributed.planner import EmbeddingShardingPlanner, Topology
 from torchrec.modules.embedding_modules import EmbeddingBagCollection
 
 from recdim.layout.tier_plan import DenseRemap, RunRemap, TablePlan
-from recdim.prune.planner import PlannerConfig, choose_remap, plan_table, plan_tables
 from recdim.layout.tier_values import masked_table, tier_values
+from recdim.prune.planner import PlannerConfig, choose_remap, plan_table, plan_tables
 
 
 def mixed_mask(N: int, K: int, seed: int, density: float = 0.4, num_sets: int = 3) -> torch.Tensor:
@@ -32,12 +32,24 @@ def stored_counts(plan: TablePlan) -> torch.Tensor:
     for j, maps in enumerate(plan.row_maps()):
         rows = ids[offsets[j] : offsets[j + 1]].unsqueeze(1).expand_as(maps)
         cols = torch.where(maps >= 0, maps.to(torch.int64), K)
-        counts.index_put_((rows.reshape(-1), cols.reshape(-1)), torch.ones(maps.numel(), dtype=torch.int64), accumulate=True)
+        counts.index_put_(
+            (rows.reshape(-1), cols.reshape(-1)), torch.ones(maps.numel(), dtype=torch.int64), accumulate=True
+        )
     return counts[:, :K]
 
 
-@pytest.mark.parametrize("K,max_tiers,widths,seed", [(8, 1, (), 0), (16, 2, (), 1), (16, 4, (), 2), (32, 3, (), 3),
-                                                     (12, 8, (), 4), (132, 3, (), 5), (32, 6, (4, 8, 16), 6)])
+@pytest.mark.parametrize(
+    "K,max_tiers,widths,seed",
+    [
+        (8, 1, (), 0),
+        (16, 2, (), 1),
+        (16, 4, (), 2),
+        (32, 3, (), 3),
+        (12, 8, (), 4),
+        (132, 3, (), 5),
+        (32, 6, (4, 8, 16), 6),
+    ],
+)
 def test_every_kept_entry_stored_exactly_once(K, max_tiers, widths, seed):
     mask = mixed_mask(300, K, seed)
     config = PlannerConfig(max_tiers=max_tiers, widths=widths)
@@ -46,7 +58,10 @@ def test_every_kept_entry_stored_exactly_once(K, max_tiers, widths, seed):
     assert torch.equal(plan.mask(), mask)
     dropped = ~mask.any(dim=1)
     assert torch.equal(plan.global_rows() < 0, dropped)  # dropped rows have no tier row
-    assert plan.kept_rows == int((~dropped).sum()) and sorted(plan.row_ids().tolist()) == torch.nonzero(~dropped).squeeze(1).tolist()
+    assert (
+        plan.kept_rows == int((~dropped).sum())
+        and sorted(plan.row_ids().tolist()) == torch.nonzero(~dropped).squeeze(1).tolist()
+    )
     assert 1 <= len(plan.tiers) <= max_tiers
     for j, t in enumerate(plan.tiers):
         assert t.width % 4 == 0 and t.width >= 4 and t.num_rows >= 1
@@ -175,8 +190,11 @@ def test_optimal_against_brute_force():
         N, K = int(torch.randint(1, 8, (1,), generator=g)), (4, 8, 12, 16)[trial % 4]
         density = float(torch.rand(1, generator=g))
         base = torch.rand(3, K, generator=g) < density
-        mask = torch.where(torch.rand(N, 1, generator=g) < 0.5, base[torch.randint(0, 3, (N,), generator=g)],
-                           torch.rand(N, K, generator=g) < density)
+        mask = torch.where(
+            torch.rand(N, 1, generator=g) < 0.5,
+            base[torch.randint(0, 3, (N,), generator=g)],
+            torch.rand(N, K, generator=g) < density,
+        )
         T = int(torch.randint(1, 4, (1,), generator=g))
         config = PlannerConfig(max_tiers=T, widths=(4, 12) if trial % 3 == 0 else ())
         b = plan_table(mask, "t", "f", config).bytes()

@@ -4,8 +4,8 @@ uniform table's initialisation under the mask."""
 import torch
 
 from recdim.layout.tier_values import tier_values
-from recdim.modules.tiered import TieredEmbeddingProvider
 from recdim.modules.table_init import init_tables
+from recdim.modules.tiered import TieredEmbeddingProvider
 from recdim.modules.uniform import UniformEmbeddingProvider
 from recdim.prune.planner import PlannerConfig, plan_tables
 from recdim.retrain.tier_weights import gather_tier_values, masked_init, write_tier_tables
@@ -25,7 +25,7 @@ def plans_and_weights(seed: int = 0):
     g = torch.Generator().manual_seed(seed)
     masks = {f: torch.rand(n, K, generator=g) < 0.4 for f, n in SIZES.items()}
     masks["a"][:20, :5] = True  # a frequent block sharing one column set
-    masks["c"][:] = False       # a fully pruned table
+    masks["c"][:] = False  # a fully pruned table
     plans = plan_tables(masks, PlannerConfig(max_tiers=3))
     weights = {p.name: torch.randn(p.num_embeddings, K, generator=g) for p in plans}
     return plans, weights

@@ -14,19 +14,25 @@ import torch
 from safetensors.torch import load_file
 
 from recdim.config import Config, ModelConfig, TrainConfig
+from recdim.config.autodim import AutoDimConfig
 from recdim.data.loader import EvalLoader, TrainLoader
 from recdim.data.prepared import SparseColumn, SplitArrays
 from recdim.data.schema import LabelKind
 from recdim.models.mf import MFArch
 from recdim.models.rec_model import RecModel
-from recdim.modules.candidate_dims import CandidateDimsProvider, EqualMixing, GumbelSoftmaxMixing, SeparateTables, ZeroPad
+from recdim.modules.candidate_dims import (
+    CandidateDimsProvider,
+    EqualMixing,
+    GumbelSoftmaxMixing,
+    SeparateTables,
+    ZeroPad,
+)
+from recdim.modules.table_init import init_tables
 from recdim.search.autodim import AutoDimHook, AutoDimMethod, build_candidate_provider, gumbel_temperature
-from recdim.config.autodim import AutoDimConfig
 from recdim.search.bilevel import BilevelConfig, BilevelHook
 from recdim.train.checkpoint import Checkpointer
 from recdim.train.distributed import build_optimizer, init_distributed, shard_model
 from recdim.train.hooks import StepHook
-from recdim.modules.table_init import init_tables
 from recdim.train.resume import CheckpointHook
 from recdim.train.trainer import Trainer
 
@@ -78,7 +84,9 @@ def session(train_cfg: TrainConfig, ckpt: Optional[Path] = None) -> Tuple[AutoDi
     cfg = Config(model=ModelConfig(arch="mf", embedding_dim=K), train=train_cfg)
     method = AutoDimMethod(cfg, ADC)
     torch.manual_seed(0)
-    provider = method.provider_factory(None, FEATURES)(cfg.model, {"user": USERS, "item": ITEMS}, False, torch.device("meta"))  # type: ignore[arg-type]
+    provider = method.provider_factory(None, FEATURES)(
+        cfg.model, {"user": USERS, "item": ITEMS}, False, torch.device("meta")
+    )  # type: ignore[arg-type]
     assert isinstance(provider, CandidateDimsProvider) and provider.dims == {"user": (4, 8, 16), "item": (4, 8, 16)}
     model = RecModel(provider, MFArch(FEATURES, K, 0, init_bias=3.0))
     dmp = shard_model(model, train_cfg, ctx)
@@ -86,7 +94,12 @@ def session(train_cfg: TrainConfig, ckpt: Optional[Path] = None) -> Tuple[AutoDi
     trainer = Trainer(dmp, build_optimizer(dmp, train_cfg, ctx), LabelKind.RATING, train_cfg, ctx)
     val = ratings(400, 2)
     sess = SimpleNamespace(
-        cfg=cfg, ctx=ctx, model=model, trainer=trainer, features=FEATURES, splits={"val": val},
+        cfg=cfg,
+        ctx=ctx,
+        model=model,
+        trainer=trainer,
+        features=FEATURES,
+        splits={"val": val},
         dataset=SimpleNamespace(schema=SimpleNamespace(is_weighted=False)),
     )
     trainer.hooks = method.hooks(sess)
@@ -98,7 +111,9 @@ def session(train_cfg: TrainConfig, ckpt: Optional[Path] = None) -> Tuple[AutoDi
 def test_pretrain_then_search_on_validation_every_f(tmp_path: Path) -> None:
     """40 pre-training steps with equal weights (alpha untouched even though the training loss reaches
     it), then Gumbel-softmax with tau(t) and an architecture step exactly when t % 5 == 0."""
-    method, sess, train, val = session(TrainConfig(epochs=3, batch_size=64, lr=1e-2, patience=0, device="cpu", progress=False))
+    method, sess, train, val = session(
+        TrainConfig(epochs=3, batch_size=64, lr=1e-2, patience=0, device="cpu", progress=False)
+    )
     trainer, provider = sess.trainer, sess.model.provider
     used, left = Recorder(provider), Recorder(provider)
     trainer.hooks = [used] + trainer.hooks + [left]
@@ -159,7 +174,9 @@ class FakeTrainer:
 def test_epoch_pretraining_switches_at_epoch_end() -> None:
     provider = CandidateDimsProvider({"user": USERS, "item": ITEMS}, K, storage=SeparateTables(), transform=ZeroPad)
     loader = TrainLoader(ratings(64, 3), FEATURES, 32)
-    hook = AutoDimHook(provider, BilevelHook(provider, loader, BilevelConfig(update_every=10**6)), pretrain_steps=5, pretrain_epochs=1)
+    hook = AutoDimHook(
+        provider, BilevelHook(provider, loader, BilevelConfig(update_every=10**6)), pretrain_steps=5, pretrain_epochs=1
+    )
     trainer = FakeTrainer()
     hook.on_train_start(trainer)
     assert isinstance(provider.mixing, EqualMixing)
@@ -184,7 +201,13 @@ def test_epoch_pretraining_switches_at_epoch_end() -> None:
 
 def test_config_variants_compose() -> None:
     model = ModelConfig(arch="mf", embedding_dim=8)
-    p = build_candidate_provider(AutoDimConfig(storage="separate", transform="zero_pad"), model, {"user": USERS, "item": ITEMS}, False, torch.device("cpu"))
+    p = build_candidate_provider(
+        AutoDimConfig(storage="separate", transform="zero_pad"),
+        model,
+        {"user": USERS, "item": ITEMS},
+        False,
+        torch.device("cpu"),
+    )
     assert isinstance(p.storage, SeparateTables) and all(isinstance(t, ZeroPad) for t in p.transforms)
     assert [t.name for t in p.tables] == ["t_user_d4", "t_user_d8", "t_item_d4", "t_item_d8"]
     with pytest.raises(ValueError):

@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from recdim.config_io import ConfigError, from_dict
+from recdim.layout.blocks import make_block_plan
 from recdim.search.baselines import (
     BaselineConfig,
     NearestPowerOfTwo,
@@ -20,7 +21,6 @@ from recdim.search.baselines import (
     uniform_dim_for_cr,
     uniform_dims,
 )
-from recdim.layout.blocks import make_block_plan
 
 K = 16
 
@@ -70,7 +70,11 @@ def test_grid_keeps_dims_within_k_and_budget():
     assert grid_dims(num, K, range(4, 65, 4)) == [4, 8, 12, 16]
     assert grid_dims(num, K, range(4, 65, 4), cr=2.0) == [4, 8]
     assert candidate_methods("grid", BaselineConfig(grid=(4, 8, 12)), num, K, 1.5) == ["ue@4", "ue@8"]
-    assert candidate_methods("random", BaselineConfig(random_samples=3), num, K, 2.0) == ["random@0", "random@1", "random@2"]
+    assert candidate_methods("random", BaselineConfig(random_samples=3), num, K, 2.0) == [
+        "random@0",
+        "random@1",
+        "random@2",
+    ]
     assert candidate_methods("dnis", BaselineConfig(), num, K, 2.0) == ["dnis"]
     with pytest.raises(ValueError):
         grid_dims(num, K, (32, 64))
@@ -161,7 +165,11 @@ def test_mde_matches_a_hand_computed_example():
     assert a.value_params == 2000 and a.projection_params == 384 and a.params == 2384
     assert a.bytes == 2384 * 4 and a.projection_bytes == 384 * 4
     assert [(p.feature, p.start, p.stop, p.dim) for p in a.projections] == [
-        ("a", 0, 100, 12), ("a", 100, 200, 4), ("b", 0, 50, 4), ("b", 50, 100, 4)]
+        ("a", 0, 100, 12),
+        ("a", 100, 200, 4),
+        ("b", 0, 50, 4),
+        ("b", 50, 100, 4),
+    ]
     assert int(sum(m.sum() for m in a.masks().values())) == a.value_params
     assert abs(a.info["lambda"] * np.sqrt(10 / 11000) - 10 / 3) < 1e-9  # x = 10/3, where a0 reaches 12
 
@@ -220,7 +228,9 @@ def test_baseline_dims_dispatch_and_names():
 
 
 def test_baseline_config_is_strict():
-    cfg = from_dict(BaselineConfig, {"grid": [4, 8], "mde_alpha": 0.2, "blocking": "per_table"}, prefix="search.baseline")
+    cfg = from_dict(
+        BaselineConfig, {"grid": [4, 8], "mde_alpha": 0.2, "blocking": "per_table"}, prefix="search.baseline"
+    )
     assert cfg.grid == (4, 8) and cfg.mde_alpha == 0.2
     with pytest.raises(ConfigError):
         from_dict(BaselineConfig, {"grid": [6]})

@@ -12,8 +12,9 @@ from torch.func import functional_call
 from torchrec import KeyedJaggedTensor
 from torchrec.datasets.utils import Batch
 
-from recdim.modules.soft_selection import SoftSelectionProvider
+from recdim.config.dnis import DNISConfig
 from recdim.layout.blocks import BlockPlan, per_table_blocks
+from recdim.modules.soft_selection import SoftSelectionProvider
 from recdim.search.dnis import (
     DNISGradTransform,
     DNISHook,
@@ -22,7 +23,6 @@ from recdim.search.dnis import (
     rowwise_normalize,
     unrolled_arch_grad,
 )
-from recdim.config.dnis import DNISConfig
 
 NUM = {"a": 20, "b": 9}
 K = 4
@@ -75,8 +75,12 @@ class FakeTrainer:
 def tiny_batch(seed: int, B: int = 16) -> Batch:
     g = torch.Generator().manual_seed(seed)
     values = torch.cat([torch.randint(0, n, (B,), generator=g) for n in NUM.values()])
-    kjt = KeyedJaggedTensor.from_lengths_sync(keys=list(NUM), values=values, lengths=torch.ones(len(NUM) * B, dtype=torch.int32))
-    return Batch(dense_features=torch.zeros(B, 0), sparse_features=kjt, labels=torch.randint(0, 2, (B,), generator=g).float())
+    kjt = KeyedJaggedTensor.from_lengths_sync(
+        keys=list(NUM), values=values, lengths=torch.ones(len(NUM) * B, dtype=torch.int32)
+    )
+    return Batch(
+        dense_features=torch.zeros(B, 0), sparse_features=kjt, labels=torch.randint(0, 2, (B,), generator=g).float()
+    )
 
 
 class FakeLoader:
@@ -161,8 +165,12 @@ def test_finite_difference_second_order_matches_autograd(dtype, eps, tol):
     xis = [0.5, 0.3, 0.4, 0.2]  # one learning rate per weight
     params = dict(net.named_parameters())
     got = unrolled_arch_grad(
-        [alpha], list(params.values()), lambda: loss(dict(net.named_parameters()), "train"),
-        lambda: loss(dict(net.named_parameters()), "val"), xis, fd_epsilon=eps,
+        [alpha],
+        list(params.values()),
+        lambda: loss(dict(net.named_parameters()), "train"),
+        lambda: loss(dict(net.named_parameters()), "val"),
+        xis,
+        fd_epsilon=eps,
     )[0]
     assert all(torch.equal(p, q) for p, q in zip(net.parameters(), params.values()))  # weights restored
 
@@ -220,16 +228,20 @@ def test_dnis_ranks_planted_fields(tmp_path):
     planted-strong categorical field (strength >= 0.7) must score above every noise one (margin >= 0.3
     in those runs).
     """
+    import torch.distributed as dist
     from scipy.stats import spearmanr
 
-    import torch.distributed as dist
     from recdim.config import Config, DataConfig, ModelConfig, PrepareConfig, SearchConfig, SyntheticConfig, TrainConfig
     from recdim.data.prepared import PreparedDataset
     from recdim.data.preprocess import prepare
     from recdim.search.run import run_search
     from recdim.train.distributed import destroy
 
-    path = prepare(PrepareConfig(source="synthetic", output=str(tmp_path / "syn"), min_count=1, synthetic=SyntheticConfig(rows=100_000)))
+    path = prepare(
+        PrepareConfig(
+            source="synthetic", output=str(tmp_path / "syn"), min_count=1, synthetic=SyntheticConfig(rows=100_000)
+        )
+    )
     cfg = Config(
         data=DataConfig(path=str(path)),
         model=ModelConfig(arch="fm", embedding_dim=8),

@@ -7,7 +7,16 @@ import pytest
 import torch
 import torch.distributed as dist
 
-from recdim.config import Config, DataConfig, ModelConfig, PrepareConfig, PruneConfig, SearchConfig, SyntheticConfig, TrainConfig
+from recdim.config import (
+    Config,
+    DataConfig,
+    ModelConfig,
+    PrepareConfig,
+    PruneConfig,
+    SearchConfig,
+    SyntheticConfig,
+    TrainConfig,
+)
 from recdim.data.preprocess import prepare
 from recdim.layout.masks import kept_for_cr
 from recdim.prune.derive import load_searched
@@ -17,9 +26,16 @@ from recdim.train.distributed import destroy
 
 @pytest.fixture
 def config(tmp_path):
-    path = prepare(PrepareConfig(source="synthetic", output=str(tmp_path / "syn"), min_count=1,
-                                 synthetic=SyntheticConfig(rows=4000, cardinalities=(300, 200, 50, 20),
-                                                           strengths=(1.0, 0.5, 0.0, 0.0), ranks=(4, 4, 2, 2))))
+    path = prepare(
+        PrepareConfig(
+            source="synthetic",
+            output=str(tmp_path / "syn"),
+            min_count=1,
+            synthetic=SyntheticConfig(
+                rows=4000, cardinalities=(300, 200, 50, 20), strengths=(1.0, 0.5, 0.0, 0.0), ranks=(4, 4, 2, 2)
+            ),
+        )
+    )
     return Config(
         data=DataConfig(path=str(path)),
         model=ModelConfig(arch="fm", embedding_dim=8),

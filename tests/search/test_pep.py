@@ -17,17 +17,17 @@ from safetensors.torch import load_file
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
 from recdim.config import Config, ModelConfig, TrainConfig
+from recdim.config.pep import PEPConfig
 from recdim.data.loader import EvalLoader, TrainLoader
 from recdim.data.prepared import SparseColumn, SplitArrays
 from recdim.data.schema import FieldKind, FieldSpec, LabelKind, Schema
 from recdim.models.mf import MFArch
 from recdim.models.rec_model import RecModel
+from recdim.modules.table_init import init_tables, table_rows
 from recdim.modules.threshold import DimensionThreshold, ThresholdEmbeddingProvider
 from recdim.search.pep import CoupledL2, LinearRamp, PEPMethod, pressures, single_valued_features, table_pieces
-from recdim.config.pep import PEPConfig
 from recdim.train.checkpoint import Checkpointer
 from recdim.train.distributed import build_optimizer, init_distributed, shard_model
-from recdim.modules.table_init import init_tables, table_rows
 from recdim.train.resume import CheckpointHook
 from recdim.train.trainer import Trainer
 
@@ -46,15 +46,18 @@ def ratings(n: int, seed: int) -> SplitArrays:
     return SplitArrays(y, np.zeros((n, 0), np.float32), {"user": col(u), "item": col(i)})
 
 
-def session(pep: PEPConfig, train_cfg: TrainConfig, ckpt: Optional[Path] = None,
-            item_kind: FieldKind = FieldKind.CATEGORICAL) -> Tuple[PEPMethod, Any, TrainLoader, EvalLoader]:
+def session(
+    pep: PEPConfig, train_cfg: TrainConfig, ckpt: Optional[Path] = None, item_kind: FieldKind = FieldKind.CATEGORICAL
+) -> Tuple[PEPMethod, Any, TrainLoader, EvalLoader]:
     """A one-process DMP session (fused table optimizer) with the PEP method's provider and hooks, and
     the checkpoint hook (installed last, as ``open_session`` does) when ``ckpt`` is given."""
     ctx = init_distributed("cpu")
     cfg = Config(model=ModelConfig(arch="mf", embedding_dim=K), train=train_cfg)
     method = PEPMethod(cfg, pep)
     torch.manual_seed(0)
-    schema = Schema((FieldSpec("user", FieldKind.CATEGORICAL, USERS), FieldSpec("item", item_kind, ITEMS)), LabelKind.RATING)
+    schema = Schema(
+        (FieldSpec("user", FieldKind.CATEGORICAL, USERS), FieldSpec("item", item_kind, ITEMS)), LabelKind.RATING
+    )
     dataset = SimpleNamespace(schema=schema)
     factory = method.provider_factory(dataset, FEATURES)  # type: ignore[arg-type]
     provider = factory(cfg.model, {"user": USERS, "item": ITEMS}, False, torch.device("meta"))
@@ -73,7 +76,9 @@ def session(pep: PEPConfig, train_cfg: TrainConfig, ckpt: Optional[Path] = None,
 
 def tiny_kjt() -> KeyedJaggedTensor:
     return KeyedJaggedTensor.from_lengths_sync(
-        keys=FEATURES, values=torch.tensor([1, 2, 3, 0, 4, 5, 6]), lengths=torch.tensor([2, 0, 1, 1, 2, 1], dtype=torch.int32)
+        keys=FEATURES,
+        values=torch.tensor([1, 2, 3, 0, 4, 5, 6]),
+        lengths=torch.tensor([2, 0, 1, 1, 2, 1], dtype=torch.int32),
     )
 
 
@@ -124,7 +129,9 @@ def test_default_config_prunes_within_a_few_hundred_steps(tmp_path: Path) -> Non
         assert torch.equal(local[:, 1::2], torch.full((r1 - r0, K), pep.threshold_init))
         key = f"provider.{provider.table_key(name)}"
         assert key == f"provider.ebc.embedding_bags.{name}.weight"
-        torch.testing.assert_close(local[:, 0::2], table_rows(0, key, (r0, r1), (0, 2 * K), 2 * K, train_cfg.init_std)[:, 0::2])
+        torch.testing.assert_close(
+            local[:, 0::2], table_rows(0, key, (r0, r1), (0, 2 * K), 2 * K, train_cfg.init_std)[:, 0::2]
+        )
 
     sess.trainer.fit(train, val)
     hook = method.hook
@@ -149,7 +156,16 @@ CROSSING = PEPConfig(granularity="global", threshold_init=-6.0, ramp_steps=200, 
 
 def frozen_cfg(**kwargs: Any) -> TrainConfig:
     """Every learning rate 0: only the ramp moves the threshold."""
-    return TrainConfig(epochs=20, batch_size=64, lr=0.0, embedding_optimizer="sgd", embedding_lr=0.0, device="cpu", progress=False, **kwargs)
+    return TrainConfig(
+        epochs=20,
+        batch_size=64,
+        lr=0.0,
+        embedding_optimizer="sgd",
+        embedding_lr=0.0,
+        device="cpu",
+        progress=False,
+        **kwargs,
+    )
 
 
 def expected_crossings(provider: ThresholdEmbeddingProvider) -> Tuple[Dict[float, int], Any]:
@@ -238,8 +254,12 @@ def test_linear_ramp_offsets() -> None:
 def test_single_valued_features_from_schema() -> None:
     """Categorical and weighted fields hold one id per row (pooled path); multi-categorical ones are bags."""
     schema = Schema(
-        (FieldSpec("user", FieldKind.CATEGORICAL, 5), FieldSpec("genres", FieldKind.MULTI_CATEGORICAL, 4),
-         FieldSpec("price", FieldKind.WEIGHTED, 1), FieldSpec("age", FieldKind.DENSE)),
+        (
+            FieldSpec("user", FieldKind.CATEGORICAL, 5),
+            FieldSpec("genres", FieldKind.MULTI_CATEGORICAL, 4),
+            FieldSpec("price", FieldKind.WEIGHTED, 1),
+            FieldSpec("age", FieldKind.DENSE),
+        ),
         LabelKind.BINARY,
     )
     dataset = SimpleNamespace(schema=schema)

@@ -12,11 +12,11 @@ import torch
 
 from recdim.cli import main
 from recdim.config import load
+from recdim.modules.table_init import snapshot
 from recdim.train.checkpoint import LATEST, Checkpointer
 from recdim.train.distributed import destroy
 from recdim.train.faults import ENV_VAR, FAULT_EXIT_CODE, Fault, configured_fault
 from recdim.train.hooks import StepHook
-from recdim.modules.table_init import snapshot
 from recdim.train.resume import load_training_state
 from recdim.train.run import open_session
 from tests.dist_utils import run_ranks
@@ -51,7 +51,10 @@ def _env(**extra: str) -> Dict[str, str]:
 @pytest.fixture(scope="module")
 def data(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("data")
-    assert main(["prepare", "--config", DEMO, "--set", f"prepare.output={path}", "--set", "prepare.synthetic.rows=10000"]) == 0
+    assert (
+        main(["prepare", "--config", DEMO, "--set", f"prepare.output={path}", "--set", "prepare.synthetic.rows=10000"])
+        == 0
+    )
     return path
 
 
@@ -162,7 +165,9 @@ class CaptureAt(StepHook):
 
 
 def _same(a: Dict[str, List[torch.Tensor]], b: Dict[str, List[torch.Tensor]]) -> bool:
-    return a.keys() == b.keys() and all(len(a[k]) == len(b[k]) and all(torch.equal(x, y) for x, y in zip(a[k], b[k])) for k in a)
+    return a.keys() == b.keys() and all(
+        len(a[k]) == len(b[k]) and all(torch.equal(x, y) for x, y in zip(a[k], b[k])) for k in a
+    )
 
 
 def test_resume_restores_model_optimizer_progress_and_hooks(data, tmp_path):
@@ -179,7 +184,13 @@ def test_resume_restores_model_optimizer_progress_and_hooks(data, tmp_path):
         destroy()
     b = second.trainer
     assert (meta["global_step"], meta["epoch"], meta["step_in_epoch"]) == (16, 1, 1)
-    assert (b.global_step, b.epoch, b.fit_state.step_in_epoch, b.fit_state.epoch_losses, b.fit_state.best_value) == capture.progress
+    assert (
+        b.global_step,
+        b.epoch,
+        b.fit_state.step_in_epoch,
+        b.fit_state.epoch_losses,
+        b.fit_state.best_value,
+    ) == capture.progress
     assert b.hooks[0].count.item() == 16
     assert b.fit_state.result.best_epoch == 0 and len(b.fit_state.result.history) == 1
     assert _same(snapshot(b.model), capture.model)
@@ -195,7 +206,9 @@ def test_resume_restores_model_optimizer_progress_and_hooks(data, tmp_path):
 def test_crash_while_writing_keeps_previous_checkpoint_and_resumes_exactly(data, reference, tmp_path):
     run = tmp_path / "run"
     cmd = [sys.executable, "-m", "recdim.cli", "train", "--config", DEMO, *_sets(data), "--out", str(run)]
-    proc = subprocess.run(cmd, env=_env(**{ENV_VAR: "checkpoint_commit:0:16"}), capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        cmd, env=_env(**{ENV_VAR: "checkpoint_commit:0:16"}), capture_output=True, text=True, timeout=300
+    )
     assert proc.returncode == FAULT_EXIT_CODE, proc.stderr[-3000:]
     ckpt = Checkpointer(run / "ckpt")
     assert (run / "ckpt" / "step-16.tmp").is_dir()
@@ -214,8 +227,22 @@ def test_crash_while_writing_keeps_previous_checkpoint_and_resumes_exactly(data,
 @pytest.mark.slow
 def test_killed_worker_restarts_under_torchrun_and_resumes(data, reference, tmp_path):
     run = tmp_path / "run"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "--max-restarts=1",
-           "-m", "recdim.cli", "train", "--config", DEMO, *_sets(data), "--out", str(run)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node=2",
+        "--max-restarts=1",
+        "-m",
+        "recdim.cli",
+        "train",
+        "--config",
+        DEMO,
+        *_sets(data),
+        "--out",
+        str(run),
+    ]
     # Rank 1 dies after step 20; the last checkpoint is step 16 (epoch 1, step 1 of the epoch).
     # TORCH_DISABLE_SHARE_RDZV_TCP_STORE: see launch/components.py (pytorch/pytorch#135712).
     env = _env(**{ENV_VAR: "after_step:1:20", "TORCH_DISABLE_SHARE_RDZV_TCP_STORE": "1"})

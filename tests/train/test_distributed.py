@@ -5,9 +5,9 @@ import torch
 from torchrec import KeyedJaggedTensor
 
 from recdim.config import TrainConfig
+from recdim.modules.table_init import init_tables
 from recdim.modules.uniform import UniformEmbeddingProvider
 from recdim.train.distributed import build_optimizer, init_distributed, shard_model
-from recdim.modules.table_init import init_tables
 from tests.dist_utils import run_ranks
 
 pytestmark = pytest.mark.multiprocess  # the module's one test runs on 1 and 2 gloo ranks
@@ -41,7 +41,9 @@ def _train(rank, world):
             a, b = torch.randint(0, 500, (BATCH,), generator=g), torch.randint(0, 30, (BATCH,), generator=g)
             lo, hi = rank * BATCH // world, (rank + 1) * BATCH // world
             kjt = KeyedJaggedTensor.from_lengths_sync(
-                keys=["a", "b"], values=torch.cat([a[lo:hi], b[lo:hi]]), lengths=torch.ones(2 * (hi - lo), dtype=torch.int32)
+                keys=["a", "b"],
+                values=torch.cat([a[lo:hi], b[lo:hi]]),
+                lengths=torch.ones(2 * (hi - lo), dtype=torch.int32),
             )
             optim.zero_grad()
             out = dmp(kjt)

@@ -59,9 +59,7 @@ def test_auc_edge_cases() -> None:
 
 
 def test_log_loss_mse_rmse_by_hand() -> None:
-    assert log_loss([1, 0, 1], [0.9, 0.2, 0.6]) == pytest.approx(
-        -(math.log(0.9) + math.log(0.8) + math.log(0.6)) / 3
-    )
+    assert log_loss([1, 0, 1], [0.9, 0.2, 0.6]) == pytest.approx(-(math.log(0.9) + math.log(0.8) + math.log(0.6)) / 3)
     assert log_loss([1, 0], [1.0, 0.0]) == pytest.approx(-math.log(1 - 1e-7))
     assert log_loss([1], [0.0], eps=1e-3) == pytest.approx(-math.log(1e-3))
     assert mse([3.0, 4.0, 1.0], [2.5, 4.0, 2.0]) == pytest.approx((0.25 + 0 + 1) / 3)
@@ -100,9 +98,7 @@ def test_gather_without_process_group_and_world_one() -> None:
     assert not dist.is_initialized()
     assert gather(x) is x
     with tempfile.TemporaryDirectory() as tmp:
-        dist.init_process_group(
-            "gloo", init_method=f"file://{os.path.join(tmp, 'store')}", rank=0, world_size=1
-        )
+        dist.init_process_group("gloo", init_method=f"file://{os.path.join(tmp, 'store')}", rank=0, world_size=1)
         try:
             torch.testing.assert_close(gather(x), x)
         finally:
@@ -126,9 +122,7 @@ def _part(rank: int) -> torch.Tensor:
 def _worker(rank: int, world: int, port: int, out_dir: str) -> None:
     os.environ["OMP_NUM_THREADS"] = "1"
     torch.set_num_threads(1)
-    dist.init_process_group(
-        "gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world
-    )
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
     try:
         got = gather(_part(rank))
         empty_on_rank0 = gather(torch.arange(2 * rank, dtype=torch.int64))
@@ -137,7 +131,9 @@ def _worker(rank: int, world: int, port: int, out_dir: str) -> None:
         scores = torch.linspace(-1, 1, PARTS[rank]) + 3.0 * rank
         acc.update(scores, torch.full((PARTS[rank],), float(rank)))
         metrics = acc.compute()
-        torch.save({"gathered": got, "empty": empty_on_rank0, "metrics": metrics}, os.path.join(out_dir, f"rank{rank}.pt"))
+        torch.save(
+            {"gathered": got, "empty": empty_on_rank0, "metrics": metrics}, os.path.join(out_dir, f"rank{rank}.pt")
+        )
     finally:
         dist.destroy_process_group()
 

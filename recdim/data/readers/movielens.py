@@ -91,9 +91,7 @@ _LAYOUTS = (
 def detect_layout(path: Path) -> _Layout:
     """The MovieLens layout of directory ``path`` (by its ratings file)."""
     if not path.is_dir():
-        raise FileNotFoundError(
-            f"{path}: expected a MovieLens directory (with u.data, ratings.dat or ratings.csv)"
-        )
+        raise FileNotFoundError(f"{path}: expected a MovieLens directory (with u.data, ratings.dat or ratings.csv)")
     for layout in _LAYOUTS:
         if (path / layout.ratings[0]).is_file():
             return layout
@@ -149,9 +147,7 @@ class MovieLensReader(RawReader):
     def source(self) -> Dict[str, str]:
         return {"reader": self.name, "input": str(self.path), "variant": self.layout.variant}
 
-    def _side_table(
-        self, spec: Tuple[str, TextFormat], names: Tuple[str, ...], budget: BadRowBudget
-    ) -> pd.DataFrame:
+    def _side_table(self, spec: Tuple[str, TextFormat], names: Tuple[str, ...], budget: BadRowBudget) -> pd.DataFrame:
         """Reads a side table into a frame indexed by its (positive integer) id, first column."""
         path = self.path / spec[0]
         parts: List[pd.DataFrame] = []
@@ -181,10 +177,7 @@ class MovieLensReader(RawReader):
             return out
         if ML100K_GENRES[0] in frame.columns:
             flags = np.stack(
-                [
-                    parse_numbers(frame[g], g, errors, integer=True, required=True, low=0, high=1)
-                    for g in ML100K_GENRES
-                ],
+                [parse_numbers(frame[g], g, errors, integer=True, required=True, low=0, high=1) for g in ML100K_GENRES],
                 axis=1,
             )
             out = np.empty(len(frame), dtype=object)

@@ -22,6 +22,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from recdim.config import TabularConfig, TabularFieldConfig
+from recdim.data.errors import DataError
 from recdim.data.readers.base import (
     BadRowBudget,
     RawChunk,
@@ -34,7 +35,6 @@ from recdim.data.readers.base import (
 )
 from recdim.data.readers.text import TextFormat, read_delimited, read_header
 from recdim.data.readers.values import bag_split, check_numbers, parse_label, parse_numbers
-from recdim.data.errors import DataError
 from recdim.data.schema import LabelKind
 
 PARQUET_SUFFIXES = (".parquet", ".pq")
@@ -150,8 +150,7 @@ def _feature(f: TabularFieldConfig, values: Column, errors: RowErrors) -> Any:
         return _as_text(values)
     if isinstance(values, pa.Array) and pa.types.is_list(values.type):
         bags: List[Tuple[str, ...]] = [
-            () if b is None else tuple(str(v) for v in b if v is not None and str(v))
-            for b in values.to_pylist()
+            () if b is None else tuple(str(v) for v in b if v is not None and str(v)) for b in values.to_pylist()
         ]
         out = np.empty(len(bags), dtype=object)
         out[:] = bags

@@ -189,8 +189,7 @@ def read_delimited(path: Path, fmt: TextFormat, chunk_rows: int) -> Iterator[Tex
             ok = counts == expected
             bad_lines = [int(n) for n in lines[~ok]]
             bad_reasons = [
-                f"expected {expected} columns, got {c}" if c >= 0 else "unparsable quoting"
-                for c in counts[~ok]
+                f"expected {expected} columns, got {c}" if c >= 0 else "unparsable quoting" for c in counts[~ok]
             ]
             good = [r for r, keep in zip(raw, ok) if keep]
             table, lines = _parse_good(good, lines[ok], expected, fmt, path, bad_lines, bad_reasons)

@@ -44,8 +44,7 @@ def grid_dims(
     out = sorted({int(d) for d in grid if d <= embedding_dim and (budget is None or d * rows <= budget)})
     if not out:
         raise ValueError(
-            f"no grid dimension of {list(grid)} fits K = {embedding_dim}"
-            + (f" at CR {cr:g}" if cr is not None else "")
+            f"no grid dimension of {list(grid)} fits K = {embedding_dim}" + (f" at CR {cr:g}" if cr is not None else "")
         )
     return out
 
@@ -66,4 +65,3 @@ class GridMethod(BaselineMethod):
 
     def assign(self, counts: Mapping[str, np.ndarray], cr: float, arg: Optional[int] = None) -> DimAssignment:
         raise ValueError("'grid' is a search over several runs; expand it with candidates() first")
-

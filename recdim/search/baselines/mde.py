@@ -33,10 +33,10 @@ from typing import Mapping, Optional
 
 import numpy as np
 
+from recdim.layout.blocks import BlockPlan, make_block_plan
 from recdim.layout.dims import DimAssignment, budget_for_cr, projections_for, segment_dims_to_rows, segment_sizes
 from recdim.search.baselines.scaling import NearestMultiple, NearestPowerOfTwo, Rounding, fit_scale
 from recdim.search.baselines.segments import block_segments, segment_popularity
-from recdim.layout.blocks import BlockPlan, make_block_plan
 from recdim.search.method import BaselineMethod
 
 
@@ -90,8 +90,9 @@ def mde_dims(
             "alpha": float(alpha),
             "lambda": fit.scale,
             "rounding": type(rounding).__name__,
-            "blocks": [[s.feature, s.start, s.stop, float(pb), int(d)]
-                       for s, pb, d in zip(segments, p, dims) if s.rows > 0],
+            "blocks": [
+                [s.feature, s.start, s.stop, float(pb), int(d)] for s, pb, d in zip(segments, p, dims) if s.rows > 0
+            ],
         },
     )
 
@@ -111,4 +112,3 @@ class MDEMethod(BaselineMethod):
         budget = budget_for_cr({f: len(c) for f, c in counts.items()}, K, cr)
         plan = make_block_plan(b.blocking, counts, b.num_blocks)
         return mde_dims(counts, plan, K, budget, b.mde_alpha, mde_rounding(b.mde_pow2), b.mde_min_dim)
-

@@ -42,7 +42,9 @@ def is_baseline(name: str) -> bool:
 
 def baseline_config(cfg: BaselineConfig, embedding_dim: int) -> Config:
     """A config holding just what baselines read: ``search.baseline`` and ``model.embedding_dim``."""
-    return dataclasses.replace(Config(), model=ModelConfig(embedding_dim=embedding_dim), search=SearchConfig(baseline=cfg))
+    return dataclasses.replace(
+        Config(), model=ModelConfig(embedding_dim=embedding_dim), search=SearchConfig(baseline=cfg)
+    )
 
 
 def baseline_method(name: str, cfg: BaselineConfig, embedding_dim: int) -> Tuple[BaselineMethod, Optional[int]]:

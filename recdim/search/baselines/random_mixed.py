@@ -16,10 +16,10 @@ from typing import List, Mapping, Optional
 
 import numpy as np
 
+from recdim.layout.blocks import BlockPlan, make_block_plan
 from recdim.layout.dims import DimAssignment, budget_for_cr, segment_dims_to_rows
 from recdim.search.baselines.scaling import NearestMultiple, fit_scale
 from recdim.search.baselines.segments import block_segments
-from recdim.layout.blocks import BlockPlan, make_block_plan
 from recdim.search.method import BaselineMethod
 
 
@@ -140,4 +140,3 @@ class RandomMethod(BaselineMethod):
         budget = budget_for_cr({f: len(c) for f, c in counts.items()}, K, cr)
         plan = make_block_plan(b.blocking, counts, b.num_blocks)
         return random_mixed_dims(plan, K, budget, b.random_seed, arg, b.random_min_dim)
-

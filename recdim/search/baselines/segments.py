@@ -6,8 +6,8 @@ from typing import List, Mapping, Tuple
 
 import numpy as np
 
-from recdim.layout.dims import Segment
 from recdim.layout.blocks import BlockPlan
+from recdim.layout.dims import Segment
 
 
 def block_segments(plan: BlockPlan) -> Tuple[List[Segment], np.ndarray]:
@@ -49,8 +49,10 @@ def segment_popularity(segments: List[Segment], counts: Mapping[str, np.ndarray]
     Returns:
         [S] float64 (0 for an empty segment).
     """
-    capped = {f: np.minimum.accumulate(np.asarray(c, dtype=np.int64)) if len(c) else np.zeros(0, np.int64)
-              for f, c in counts.items()}
+    capped = {
+        f: np.minimum.accumulate(np.asarray(c, dtype=np.int64)) if len(c) else np.zeros(0, np.int64)
+        for f, c in counts.items()
+    }
     total = float(sum(int(np.asarray(c, dtype=np.int64).sum()) for c in counts.values()))
     out = np.zeros(len(segments), dtype=np.float64)
     if total <= 0:

@@ -5,7 +5,6 @@ from __future__ import annotations
 from typing import Mapping, Optional
 
 import numpy as np
-
 import torch
 
 from recdim.layout.dims import ALIGN, DimAssignment, budget_for_cr
@@ -91,4 +90,3 @@ class UniformMethod(BaselineMethod):
             name = f"ue@{dim}" if arg is not None else "ue"
             raise ValueError(f"{name}: {a.params:,} parameters exceed the budget of {budget:,} at CR {cr:g}")
         return a
-
