@@ -14,6 +14,9 @@ from recdim.config.methods import names as method_names
 from recdim.config_io import ConfigError
 
 
+OUT_HELP = {"predict": "CSV file of predictions", "export": "artifact directory", "bench": "directory of JSON rows"}
+
+
 def _common(p: argparse.ArgumentParser, out_default: Optional[str]) -> None:
     p.add_argument("--config", help="TOML config file (see configs/)")
     p.add_argument(
@@ -25,7 +28,8 @@ def _common(p: argparse.ArgumentParser, out_default: Optional[str]) -> None:
         help="override a config value, e.g. --set train.epochs=3 (repeatable)",
     )
     if out_default is not None:
-        p.add_argument("--out", default=out_default, help=f"run directory (default: {out_default})")
+        what = OUT_HELP.get(p.prog.split()[-1], "run directory")
+        p.add_argument("--out", default=out_default, help=f"{what} (default: {out_default})")
 
 
 def _summary(results: Dict[str, Any]) -> str:
@@ -83,9 +87,9 @@ def cmd_retrain(cfg: Config, args: argparse.Namespace) -> int:
 
 
 def cmd_export(cfg: Config, args: argparse.Namespace) -> int:
-    from recdim.export.retrained import export_retrained
+    from recdim.export.from_run import export_run
 
-    path = export_retrained(Path(args.from_dir), Path(args.out))
+    path = export_run(Path(args.from_dir), Path(args.out))
     print(f"artifact: {path}")
     return 0
 
@@ -157,7 +161,7 @@ COMMANDS = {
         "retrain a pruned model on its tier tables and export it (--from PRUNED/cr-X)",
         "runs/retrain",
     ),
-    "export": (cmd_export, "write the serving artifact of a retrain run (--from RUN)", "runs/export"),
+    "export": (cmd_export, "write the serving artifact of a train or retrain run (--from RUN)", "runs/export"),
     "predict": (cmd_predict, "score a prepared-format Parquet/CSV file with an artifact", "predictions.csv"),
     "inspect": (cmd_inspect, "per-table dims, bytes and compression of an artifact", None),
     "compare": (cmd_compare, "compare methods x arches x budgets x seeds (resumable)", None),
@@ -210,7 +214,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     fn = COMMANDS[args.command][0]
     try:
         return fn(cfg, args)
-    except (ConfigError, FileNotFoundError, ValueError) as e:
+    except (ConfigError, OSError, EOFError, ValueError) as e:  # user errors: one line naming the file / key
         if args.verbose:
             raise
         print(f"recdim {args.command}: error: {e}", file=sys.stderr)

@@ -191,5 +191,13 @@ def load_config(cls: Type[T], path: Optional[Union[str, Path]] = None, overrides
         cfg = load_config(RunConfig, "configs/ml100k_rating.toml", ["train.epochs=2"])
     """
     data = load_toml(path) if path is not None else {}
-    data = apply_overrides(data, overrides)
-    return from_dict(cls, data, source=str(path) if path is not None else "<overrides>")
+    cfg = from_dict(cls, data, source=str(path) if path is not None else "<defaults>")
+    if not overrides:
+        return cfg
+    try:
+        return from_dict(cls, apply_overrides(data, overrides), source="--set")
+    except ConfigError:
+        # Name the first override that breaks it (the file alone loaded).
+        for i, o in enumerate(overrides):
+            from_dict(cls, apply_overrides(data, overrides[: i + 1]), source=f"--set {o}")
+        raise

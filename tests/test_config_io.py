@@ -1,7 +1,7 @@
 import pytest
 
 from recdim.config import Config, load
-from recdim.config_io import ConfigError
+from recdim.config_io import ConfigError, load_config
 
 
 def write(tmp_path, text):
@@ -47,3 +47,15 @@ def test_toml_syntax_error_names_file_and_line(tmp_path):
 def test_missing_file(tmp_path):
     with pytest.raises(ConfigError, match="not found"):
         load(str(tmp_path / "nope.toml"))
+
+
+def test_override_errors_name_the_override_not_the_file(tmp_path):
+    from recdim.config import Config
+
+    path = tmp_path / "c.toml"
+    path.write_text("[train]\nepochs = 2\n")
+    with pytest.raises(ConfigError, match=r"^--set train\.lrr=1: unknown key\(s\) train\.lrr"):
+        load_config(Config, str(path), ["train.epochs=3", "train.lrr=1"])
+    path.write_text("[train]\nepochz = 2\n")
+    with pytest.raises(ConfigError, match=r"c\.toml: unknown key\(s\) train\.epochz"):
+        load_config(Config, str(path), ["train.epochs=3"])

@@ -195,6 +195,11 @@ class TrainConfig:
         checkpoint_every: steps between sharded checkpoints in ``<run dir>/ckpt`` (0 = none). A training
             command restarted on the same run directory resumes from the latest checkpoint.
         keep_checkpoints: complete checkpoints kept (the newest ones).
+        resume: what a run directory holding a checkpoint written with a different config does:
+            ``check`` refuses, naming the changed keys; ``fresh`` ignores the checkpoint and starts over
+            (later checkpoints replace it); ``continue`` resumes with the new config deliberately
+            (recorded in the results). Output-only keys (``progress``, ``log_every``, checkpoint
+            settings) never count as changes.
     """
 
     epochs: int = 5
@@ -214,6 +219,7 @@ class TrainConfig:
     init_std: float = 0.05
     checkpoint_every: int = 0
     keep_checkpoints: int = 2
+    resume: Literal["check", "fresh", "continue"] = "check"
 
     def __post_init__(self) -> None:
         if self.epochs < 1 or self.batch_size < 1:

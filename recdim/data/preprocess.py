@@ -78,7 +78,8 @@ def _count_pass(
 ) -> np.ndarray:
     """Pass 1: observe the train rows of every field; returns rows per split."""
     rows = np.zeros(3, dtype=np.int64)
-    for chunk in reader.chunks(cfg.chunk_rows, BadRowBudget(cfg.max_bad_rows)):
+    # The first pass over the input logs the rows it skips (pass 0 when splitting by time).
+    for chunk in reader.chunks(cfg.chunk_rows, BadRowBudget(cfg.max_bad_rows, log_rows=cfg.split_by != "time")):
         code = splitter.assign(chunk.lines, chunk.time)
         rows += np.bincount(code, minlength=3)
         train = code == 0
@@ -130,7 +131,7 @@ def prepare(cfg: PrepareConfig) -> Path:
 
     with staged_output(output) as tmp:
         writers = [ShardWriter(tmp, name, table_schema, cfg.rows_per_shard) for name in SPLIT_NAMES]
-        budget = BadRowBudget(cfg.max_bad_rows)
+        budget = BadRowBudget(cfg.max_bad_rows, log_rows=False)
         label_filtered = 0
         for chunk in reader.chunks(cfg.chunk_rows, budget):
             label_filtered += chunk.label_filtered

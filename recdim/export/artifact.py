@@ -11,8 +11,9 @@ Layout::
 
 Nothing is pickled: tensors load with ``safetensors`` and the manifest is JSON. Every tensor file is
 written to a temporary name, fsynced and renamed; the manifest is written last the same way (and an old
-manifest is removed first), so a crash mid-export never leaves a directory that reads as complete.
-Reading checks the size and sha256 of every file before parsing it.
+manifest is removed first), then ``manifest.sha256``, its digest, so a crash mid-export never leaves a
+directory that reads as complete. Reading checks the manifest against its digest, that every file it
+names lies inside the artifact, and the size and sha256 of every file before parsing it.
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ from recdim.layout.tier_plan import TablePlan, TierPlan, remap_from_tensors
 FORMAT = "recdim-mixed-dim"
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
+MANIFEST_DIGEST = "manifest.sha256"
 ARCH_FILE = "arch.safetensors"
 
 _DTYPES = {str(d).replace("torch.", ""): d for d in (torch.float32, torch.int8, torch.int16, torch.int32, torch.int64)}
@@ -123,8 +125,8 @@ def write_artifact(
     root = Path(path)
     (root / "tables").mkdir(parents=True, exist_ok=True)
     manifest_path = root / MANIFEST
-    if manifest_path.exists():
-        manifest_path.unlink()
+    for old in (manifest_path, root / MANIFEST_DIGEST):
+        old.unlink(missing_ok=True)
         fsync_dir(root)
     files: Dict[str, Any] = {ARCH_FILE: _write_tensors(root, ARCH_FILE, arch_state)}
     tables = []
@@ -189,14 +191,19 @@ def write_artifact(
         "files": files,
         "extra": dict(extra or {}),
     }
-    write_atomic(manifest_path, json.dumps(manifest, indent=2, sort_keys=False).encode())
+    data = json.dumps(manifest, indent=2, sort_keys=False).encode()
+    write_atomic(manifest_path, data)
+    write_atomic(root / MANIFEST_DIGEST, hashlib.sha256(data).hexdigest() + "\n")
     fsync_dir(root)
     return manifest
 
 
 def _read_verified(root: Path, rel: str, entry: Mapping[str, Any]) -> Dict[str, torch.Tensor]:
-    """The tensors of file ``rel`` after checking its size and sha256 against the manifest."""
+    """The tensors of file ``rel`` after checking it lies inside the artifact and its size and sha256
+    against the manifest."""
     path = root / rel
+    if Path(rel).is_absolute() or ".." in Path(rel).parts or not path.resolve().is_relative_to(root.resolve()):
+        raise ArtifactError(f"{root / MANIFEST}: file {rel!r} lies outside the artifact; refusing to read it")
     if not path.is_file():
         raise ArtifactError(f"{path}: missing (listed in {MANIFEST})")
     data = path.read_bytes()
@@ -269,9 +276,17 @@ def read_artifact(path: Union[str, Path]) -> Artifact:
     manifest_path = root / MANIFEST
     if not manifest_path.is_file():
         raise ArtifactError(f"{root}: no {MANIFEST} (not an artifact, or its export did not finish)")
+    digest_path = root / MANIFEST_DIGEST
+    if not digest_path.is_file():
+        raise ArtifactError(f"{root}: no {MANIFEST_DIGEST} (an export that did not finish, or an edited artifact)")
     try:
-        manifest = json.loads(manifest_path.read_text())
+        raw = manifest_path.read_bytes()
+        if hashlib.sha256(raw).hexdigest() != digest_path.read_text().strip():
+            raise ArtifactError(f"{manifest_path}: does not match {MANIFEST_DIGEST} (edited or corrupt)")
+        manifest = json.loads(raw)
     except (OSError, ValueError) as e:
+        if isinstance(e, ArtifactError):
+            raise
         raise ArtifactError(f"{manifest_path}: unreadable manifest: {e}") from e
     if manifest.get("format") != FORMAT or manifest.get("format_version") != FORMAT_VERSION:
         raise ArtifactError(

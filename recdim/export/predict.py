@@ -47,6 +47,8 @@ def predict_file(
     Returns:
         The number of rows scored.
     """
+    if Path(out_path).is_dir():
+        raise ValueError(f"{out_path}: is a directory; --out takes the path of the CSV file to write")
     serving = load_serving_model(model_dir)
     schema = serving.artifact.schema
     multi = [f for f in serving.features if schema[f].kind == FieldKind.MULTI_CATEGORICAL]

@@ -16,7 +16,7 @@ from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
 from recdim.config import ModelConfig
 from recdim.data.schema import LabelKind, Schema
-from recdim.export.artifact import Artifact, read_artifact, write_artifact
+from recdim.export.artifact import ARCH_FILE, Artifact, ArtifactError, read_artifact, write_artifact
 from recdim.layout.tier_plan import TablePlan
 from recdim.layout.tier_values import tier_values
 from recdim.models.rec_model import RecModel
@@ -107,7 +107,14 @@ class ServingModel(nn.Module):
         )
         provider.load_tier_values(artifact.tier_values)
         arch = build_arch(artifact.model, self.features, int(artifact.manifest["num_dense"]), 0.0)
-        arch.load_state_dict(artifact.arch_state, strict=True)
+        try:
+            arch.load_state_dict(artifact.arch_state, strict=True)
+        except RuntimeError as e:
+            first = str(e).strip().splitlines()[0:2]
+            raise ArtifactError(
+                f"{artifact.path / ARCH_FILE}: does not fit the arch the manifest describes "
+                f"(model {artifact.model.arch}, {' '.join(first)})"
+            ) from None
         self.model = RecModel(provider, arch)
         self.eval()
 

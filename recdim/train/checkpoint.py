@@ -15,10 +15,15 @@ Commit protocol (a crash at any point leaves the previous checkpoint as ``latest
 
 Readers trust only ``latest``; ``*.tmp`` folders are never read. The folder must be visible to every
 rank (a shared filesystem when the job spans several hosts).
+
+DCP's ``.metadata`` is a pickle, and unpickling runs code. Before the rename, rank 0 records the SHA-256
+of every file of the checkpoint in ``digests.json``; loading checks every file against it before torch
+reads anything, and refuses a checkpoint with a changed, missing or extra file (or without digests).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -38,6 +43,7 @@ log = logging.getLogger(__name__)
 
 LATEST = "latest"
 META_FILE = "trainer_state.json"
+DIGEST_FILE = "digests.json"
 _STEP_DIR = re.compile(r"^step-(\d+)$")
 
 
@@ -132,6 +138,7 @@ class Checkpointer:
         maybe_crash("checkpoint_commit", rank, step)
         barrier()
         if rank == 0:
+            write_atomic(tmp / DIGEST_FILE, json.dumps(file_digests(tmp), indent=1) + "\n")
             if final.exists():  # left by a run that crashed after committing it but before the pointer
                 shutil.rmtree(final)
             os.rename(tmp, final)
@@ -168,5 +175,63 @@ class Checkpointer:
         Args:
             path: a committed checkpoint folder.
             state: a state dict of this process's tensors (for example ``dmp.state_dict()``).
+
+        Raises:
+            CheckpointError: when a file does not match the digests recorded at save time (nothing is
+                read then).
         """
+        problem: List[Optional[str]] = [verify_digests(Path(path)) if _rank() == 0 else None]
+        if dist.is_initialized() and dist.get_world_size() > 1:
+            dist.broadcast_object_list(problem, src=0)
+        if problem[0] is not None:
+            raise CheckpointError(problem[0])
         dcp.load(state, storage_reader=dcp.FileSystemReader(str(path)))
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be trusted or read; the message names the file."""
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def file_digests(folder: Path) -> Dict[str, str]:
+    """``{relative path: sha256}`` of every file under ``folder`` but ``digests.json``."""
+    return {
+        str(p.relative_to(folder)): _sha256(p)
+        for p in sorted(folder.rglob("*"))
+        if p.is_file() and p.name != DIGEST_FILE
+    }
+
+
+def verify_digests(folder: Path) -> Optional[str]:
+    """Why ``folder`` must not be loaded, or None when every file matches ``digests.json``.
+
+    Example::
+
+        verify_digests(Path("runs/demo/model/step-120"))   # None, or "…/.metadata: sha256 … does not match"
+    """
+    path = folder / DIGEST_FILE
+    if not path.is_file():
+        return (
+            f"{folder}: no {DIGEST_FILE}; refusing to load a checkpoint whose files cannot be checked "
+            "(its .metadata is a pickle, and unpickling runs code)"
+        )
+    try:
+        recorded = json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        return f"{path}: unreadable ({e})"
+    found = file_digests(folder)
+    for name in sorted(set(recorded) | set(found)):
+        if name not in found:
+            return f"{folder / name}: missing from the checkpoint (recorded in {DIGEST_FILE})"
+        if name not in recorded:
+            return f"{folder / name}: not part of the checkpoint as written; refusing to load it"
+        if found[name] != recorded[name]:
+            return f"{folder / name}: sha256 does not match the one recorded when it was written (edited or corrupt)"
+    return None

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from typing import Any, Dict, List, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 import torch
 from torch.distributed._shard.sharded_tensor import Shard, ShardedTensor
@@ -206,16 +206,38 @@ class CheckpointHook(StepHook):
         trainer.fit(train_loader, val_loader)   # resumes when out_dir/ckpt/latest exists
     """
 
-    def __init__(self, checkpointer: Checkpointer, every: int) -> None:
+    def __init__(
+        self, checkpointer: Checkpointer, every: int, config: Optional[Dict[str, Any]] = None, resume: str = "check"
+    ) -> None:
         if every < 0:
             raise ValueError(f"checkpoint interval must be >= 0 steps, got {every}")
+        if resume not in ("check", "fresh", "continue"):
+            raise ValueError(f"resume must be 'check', 'fresh' or 'continue', got {resume!r}")
         self.checkpointer = checkpointer
         self.every = every
+        self.config = config
+        self.resume = resume
+        self.config_changes: List[str] = []
 
     def on_train_start(self, trainer: Trainer) -> None:
         path = self.checkpointer.latest()
         if path is None:
             return
+        if self.config is not None:
+            saved = Checkpointer.read_meta(path).get("config")
+            changes = config_changes(saved, self.config) if saved is not None else ["(no config recorded)"]
+            if changes and self.resume == "fresh":
+                log.warning("%s: written with another config; starting over (train.resume = fresh)", path)
+                return
+            if changes and self.resume == "check":
+                raise ValueError(
+                    f"{path}: this run was checkpointed with another config ({'; '.join(changes)}). "
+                    "Use a new --out, or --set train.resume=fresh to start over, or --set train.resume=continue "
+                    "to resume with the new config"
+                )
+            self.config_changes = changes
+            if changes:
+                log.warning("%s: resuming with a changed config: %s", path, "; ".join(changes))
         meta = load_training_state(trainer, self.checkpointer, path)
         trainer.fit_state.result.resumed_from_step = meta["global_step"]
         if trainer.ctx.is_main:
@@ -231,5 +253,32 @@ class CheckpointHook(StepHook):
     def after_step(self, trainer: Trainer, step: int, batch: Batch) -> None:
         if self.every and step % self.every == 0:
             state, meta = training_state(trainer)
+            if self.config is not None:
+                meta["config"] = self.config
             self.checkpointer.save(step, state, meta)
         maybe_crash("after_step", trainer.ctx.rank, step)
+
+
+# Keys that change what is printed or how often checkpoints are written, never the run's results.
+OUTPUT_ONLY = ("train.progress", "train.log_every", "train.checkpoint_every", "train.keep_checkpoints", "train.resume")
+
+
+def _flat(d: Any, prefix: str = "") -> Dict[str, Any]:
+    if not isinstance(d, dict):
+        return {prefix: d}
+    out: Dict[str, Any] = {}
+    for k, v in d.items():
+        out.update(_flat(v, f"{prefix}.{k}" if prefix else str(k)))
+    return out
+
+
+def config_changes(saved: Dict[str, Any], current: Dict[str, Any]) -> List[str]:
+    """``"key: old -> new"`` for every config value that differs, output-only keys left out.
+
+    Example::
+
+        config_changes({"train": {"lr": 0.001}}, {"train": {"lr": 0.01}})   # ["train.lr: 0.001 -> 0.01"]
+    """
+    a, b = _flat(saved), _flat(current)
+    keys = sorted(k for k in set(a) | set(b) if k not in OUTPUT_ONLY and a.get(k, "<unset>") != b.get(k, "<unset>"))
+    return [f"{k}: {a.get(k, '<unset>')!r} -> {b.get(k, '<unset>')!r}" for k in keys]

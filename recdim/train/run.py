@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from dataclasses import dataclass
@@ -20,6 +21,7 @@ from recdim.train.checkpoint import Checkpointer
 from recdim.train.distributed import DistContext, build_optimizer, init_distributed, shard_model
 from recdim.train.hooks import StepHook
 from recdim.train.memory import peak_memory
+from recdim.train.model_io import save_model
 from recdim.train.resume import CheckpointHook
 from recdim.train.trainer import Trainer
 
@@ -51,6 +53,11 @@ class Session:
             self.ctx.world_size,
             weighted,
         )
+
+
+def json_config(cfg: Config) -> Dict[str, Any]:
+    """``cfg`` as plain JSON values (tuples as lists), as checkpoints record it."""
+    return json.loads(json.dumps(to_dict(cfg)))
 
 
 def open_session(
@@ -87,7 +94,8 @@ def open_session(
     trainer.hooks = list(hooks(session))
     if out_dir is not None:
         checkpointer = Checkpointer(Path(out_dir) / "ckpt", keep=cfg.train.keep_checkpoints)
-        trainer.hooks.append(CheckpointHook(checkpointer, every=cfg.train.checkpoint_every))
+        hook = CheckpointHook(checkpointer, cfg.train.checkpoint_every, json_config(cfg), cfg.train.resume)
+        trainer.hooks.append(hook)
     return session
 
 
@@ -123,6 +131,9 @@ def train_and_evaluate(
         "config": to_dict(session.cfg),
         "dataset": str(session.dataset.path),
     }
+    changes = [c for h in trainer.hooks if isinstance(h, CheckpointHook) for c in h.config_changes]
+    if changes:
+        results["config_changes_on_resume"] = changes
     if extra:
         results.update(extra)
     if out_dir is not None and session.ctx.is_main:
@@ -131,11 +142,18 @@ def train_and_evaluate(
 
 
 def run_train(cfg: Config, out_dir: Optional[Path]) -> Dict[str, Any]:
-    """The uniform-dimension baseline, end to end.
+    """The uniform-dimension baseline, end to end: with ``out_dir``, the trained model is saved to
+    ``<out_dir>/model`` (``recdim export --from`` reads it) before ``results.json`` is written.
 
     Example::
 
         results = run_train(load("configs/ml100k_rating.toml"), Path("runs/mf"))
         results["test"]["mse"]
     """
-    return train_and_evaluate(open_session(cfg, out_dir=out_dir), out_dir)
+    session = open_session(cfg, out_dir=out_dir)
+    results = train_and_evaluate(session, None)
+    if out_dir is not None:
+        save_model(session.dmp, out_dir, session.trainer.global_step, {"method": "uniform"})
+        if session.ctx.is_main:
+            write_json(Path(out_dir) / "results.json", results)
+    return results

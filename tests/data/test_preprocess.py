@@ -231,12 +231,15 @@ def test_malformed_input_names_file_and_line(tmp_path: Path, case: str) -> None:
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".out")]  # no staging leftovers
 
 
-def test_max_bad_rows_skips_and_counts(tmp_path: Path) -> None:
+def test_max_bad_rows_skips_and_counts(tmp_path: Path, caplog) -> None:
     lines = [criteo_line(c1=f"v{i % 3}") for i in range(20)]
     lines[4], lines[9] = "1\t2", criteo_line(i1="x")
     inp = write_lines(tmp_path / "train.txt", lines)
     cfg = PrepareConfig(source="criteo", input=str(inp), output=str(tmp_path / "out"), max_bad_rows=2, min_count=1)
-    meta = json.loads((prepare(cfg) / "meta.json").read_text())
+    with caplog.at_level("WARNING", logger="recdim"):
+        meta = json.loads((prepare(cfg) / "meta.json").read_text())
+    skipped = [r.getMessage() for r in caplog.records if "skipping malformed row" in r.getMessage()]
+    assert [m.split(": ")[0] for m in skipped] == [f"skipping malformed row {inp}:{n}" for n in (5, 10)]
     assert meta["dropped_rows"] == {"bad": 2, "label_filtered": 0}
     assert sum(s["rows"] for s in meta["splits"].values()) == 18
     with pytest.raises(DataError, match=r"train\.txt:10: I1: .*max_bad_rows=1"):

@@ -133,6 +133,14 @@ def test_gzip_crlf_and_invalid_text(tmp_path: Path) -> None:
         read_all(CriteoReader(path))
 
 
+def test_truncated_gzip_names_the_file_and_line(tmp_path: Path) -> None:
+    data = gzip.compress(("\n".join(criteo_line() for _ in range(3000)) + "\n").encode())
+    path = tmp_path / "cut.txt.gz"
+    path.write_bytes(data[: len(data) // 2])
+    with pytest.raises(DataError, match=r"cut\.txt\.gz:\d+: cannot read past this line: .*truncated or corrupt"):
+        read_all(CriteoReader(path))
+
+
 # --- Avazu ------------------------------------------------------------------------------------------
 
 AVAZU_HEADER = "id,click,hour,C1,banner_pos,site_id,device_type,C14"

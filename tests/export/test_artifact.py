@@ -1,5 +1,6 @@
 """Artifacts: identical predictions after a roundtrip, honest byte counts, refused corruption, no pickle."""
 
+import hashlib
 import json
 import pickle
 
@@ -125,6 +126,44 @@ def test_truncated_and_edited_files_are_refused(exported):
     arch_file.write_bytes(bytes(edited))
     with pytest.raises(ArtifactError, match="arch.safetensors.*sha256"):
         load_serving_model(path)
+
+
+def test_edited_manifest_and_paths_outside_are_refused(exported):
+    """Changing the label kind by hand (logits instead of probabilities), a model field, or a table path
+    that leaves the artifact: refused with the file named, before any table is read."""
+    from recdim.export.artifact import MANIFEST_DIGEST
+
+    path, *_ = exported
+    raw = (path / MANIFEST).read_bytes()
+    manifest = json.loads(raw)
+    edited = json.loads(raw)
+    edited["schema"]["label"] = "rating"
+    (path / MANIFEST).write_text(json.dumps(edited, indent=2))
+    with pytest.raises(ArtifactError, match="manifest.json: does not match manifest.sha256"):
+        read_artifact(path)
+    # Re-signing an edit by hand still cannot point a table outside the artifact ...
+    outside = json.loads(raw)
+    outside["tables"][0]["file"] = "../../etc/passwd"
+    outside["files"]["../../etc/passwd"] = {"size": 1, "sha256": "0"}
+    data = json.dumps(outside, indent=2).encode()
+    (path / MANIFEST).write_bytes(data)
+    (path / MANIFEST_DIGEST).write_text(hashlib.sha256(data).hexdigest())
+    with pytest.raises(ArtifactError, match="lies outside the artifact"):
+        read_artifact(path)
+    # ... nor make the arch disagree with its tensors without a one-line error.
+    wrong = json.loads(raw)
+    wrong["model"]["mlp"] = [7]
+    data = json.dumps(wrong, indent=2).encode()
+    (path / MANIFEST).write_bytes(data)
+    (path / MANIFEST_DIGEST).write_text(hashlib.sha256(data).hexdigest())
+    with pytest.raises(ArtifactError, match="arch.safetensors: does not fit the arch"):
+        load_serving_model(path)
+    (path / MANIFEST).write_bytes(raw)
+    (path / MANIFEST_DIGEST).write_text(hashlib.sha256(raw).hexdigest())
+    assert read_artifact(path).manifest == manifest
+    (path / MANIFEST_DIGEST).unlink()
+    with pytest.raises(ArtifactError, match="no manifest.sha256"):
+        read_artifact(path)
 
 
 def test_nothing_is_unpickled(exported, monkeypatch):

@@ -91,6 +91,41 @@ def test_commit_pointer_and_retention(tmp_path):
     assert [p.name for p in ckpt.step_dirs()] == ["step-2"]
 
 
+class _Planted:
+    """Unpickling this runs code (it creates a file): what a tampered .metadata could do."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def __reduce__(self):
+        return (open, (self.path, "w"))
+
+
+def test_a_tampered_checkpoint_is_refused_before_torch_reads_it(tmp_path):
+    import pickle
+
+    from recdim.train.checkpoint import DIGEST_FILE, CheckpointError
+
+    ckpt = Checkpointer(tmp_path / "ckpt")
+    path = ckpt.save(1, _tensors(1), {"global_step": 1})
+    assert (path / DIGEST_FILE).is_file()
+    ran = tmp_path / "planted-ran"
+    (path / ".metadata").write_bytes(pickle.dumps(_Planted(str(ran))))
+    with pytest.raises(CheckpointError, match=r"\.metadata: sha256 does not match"):
+        ckpt.load(path, _tensors(0))
+    assert not ran.exists()  # nothing was unpickled
+
+    path = ckpt.save(2, _tensors(2), {"global_step": 2})
+    (path / "extra.pkl").write_bytes(b"x")
+    with pytest.raises(CheckpointError, match="extra.pkl: not part of the checkpoint"):
+        ckpt.load(path, _tensors(0))
+    (path / "extra.pkl").unlink()
+    ckpt.load(path, _tensors(0))  # untouched again: loads
+    (path / DIGEST_FILE).unlink()
+    with pytest.raises(CheckpointError, match="no digests.json"):
+        ckpt.load(path, _tensors(0))
+
+
 def test_crash_before_commit_keeps_previous_latest(tmp_path, monkeypatch):
     ckpt = Checkpointer(tmp_path / "ckpt", keep=2)
     ckpt.save(1, _tensors(1), {"global_step": 1})
@@ -277,3 +312,25 @@ def test_checkpoint_of_two_processes_loads_into_one(data, tmp_path):
         destroy()
     assert meta["world_size"] == 2 and session.ctx.world_size == 1 and meta["global_step"] == 8
     assert torch.equal(one, two)
+
+
+def test_a_changed_config_is_refused_unless_asked(data, reference, tmp_path, capsys):
+    """The reference run's checkpoints were written at lr 1e-3; resuming at another lr (or K) is refused
+    with the changed keys named, before any tensor is read; ``train.resume`` starts over or continues."""
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(reference, run)
+    (run / "results.json").unlink()
+    args = ["train", "--config", DEMO, *_sets(data), "--out", str(run)]
+    assert main([*args, "--set", "train.lr=0.01", "--set", "model.embedding_dim=8"]) == 1
+    err = capsys.readouterr().err
+    assert "checkpointed with another config" in err and "train.lr: 0.001 -> 0.01" in err
+    assert "model.embedding_dim: 16 -> 8" in err and "Traceback" not in err
+    assert main([*args, "--set", "train.progress=true"]) == 0  # output-only keys are not changes
+    assert _results(run)["resumed_from_step"] == 24 and "config_changes_on_resume" not in _results(run)
+    assert main([*args, "--set", "train.lr=0.01", "--set", "train.resume=continue"]) == 0
+    res = _results(run)
+    assert res["resumed_from_step"] == 24 and res["config_changes_on_resume"] == ["train.lr: 0.001 -> 0.01"]
+    assert main([*args, "--set", "train.lr=0.01", "--set", "train.resume=fresh"]) == 0
+    assert _results(run)["resumed_from_step"] is None

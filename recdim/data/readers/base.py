@@ -139,6 +139,8 @@ class BadRowBudget:
 
     Args:
         limit: rows that may be skipped; 0 makes the first malformed row an error.
+        log_rows: log the first skipped rows (off for a second pass over the same input, which sees
+            the same rows).
 
     Example::
 
@@ -146,10 +148,11 @@ class BadRowBudget:
         budget.charge("u.data", [7], ["user_id: expected an integer, got 'x'"])  # raises DataError
     """
 
-    def __init__(self, limit: int) -> None:
+    def __init__(self, limit: int, log_rows: bool = True) -> None:
         if limit < 0:
             raise ValueError(f"max_bad_rows must be >= 0, got {limit}")
         self.limit = limit
+        self.log_rows = log_rows
         self.count = 0
 
     def charge(self, file: str, lines: Sequence[int], reasons: Sequence[str]) -> None:
@@ -160,7 +163,7 @@ class BadRowBudget:
                     reason = f"{reason} (more than max_bad_rows={self.limit} malformed rows)"
                 raise DataError(file, int(line), reason)
             self.count += 1
-            if self.count <= _LOGGED_BAD_ROWS:
+            if self.log_rows and self.count <= _LOGGED_BAD_ROWS:
                 logger.warning("skipping malformed row %s:%d: %s", file, line, reason)
 
 

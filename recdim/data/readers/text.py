@@ -13,6 +13,7 @@ import csv
 import gzip
 import io
 import itertools
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, Iterator, List, Optional, Tuple
@@ -173,7 +174,10 @@ def read_delimited(path: Path, fmt: TextFormat, chunk_rows: int) -> Iterator[Tex
             fh.readline()
             line_no = 1
         while True:
-            raw = list(itertools.islice(fh, chunk_rows))
+            try:
+                raw = list(itertools.islice(fh, chunk_rows))
+            except (EOFError, OSError, zlib.error) as e:  # a truncated or corrupt .gz
+                raise DataError(path, line_no + 1, f"cannot read past this line: {e} (truncated or corrupt?)") from None
             if not raw:
                 break
             lines = np.arange(line_no + 1, line_no + 1 + len(raw), dtype=np.int64)
