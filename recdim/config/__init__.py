@@ -120,7 +120,7 @@ class PrepareConfig:
     split_by: Literal["random", "time"] = "random"
     numerical: Literal["bucketize", "dense", "weighted"] = "bucketize"
     seed: int = 0
-    chunk_rows: int = 500_000
+    chunk_rows: int = 100_000
     rows_per_shard: int = 1_000_000
     max_bad_rows: int = 0
     tabular: TabularConfig = field(default_factory=TabularConfig)
