@@ -13,7 +13,6 @@ from recdim.config import Config, load
 from recdim.config.methods import names as method_names
 from recdim.config_io import ConfigError
 
-
 OUT_HELP = {"predict": "CSV file of predictions", "export": "artifact directory", "bench": "directory of JSON rows"}
 
 
@@ -203,6 +202,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("recdim").setLevel(logging.DEBUG if args.verbose else logging.INFO)
     logging.getLogger("torchrec").setLevel(logging.DEBUG if args.verbose else logging.ERROR)
+    # TorchRec's tracing checks make torch.fx log an API-migration notice on every run.
+    logging.getLogger("torch.fx._symbolic_trace").setLevel(logging.DEBUG if args.verbose else logging.ERROR)
     warnings.filterwarnings("ignore", category=UserWarning)
     warnings.filterwarnings("ignore", category=FutureWarning)
     warnings.filterwarnings("ignore", category=DeprecationWarning)

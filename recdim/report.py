@@ -40,7 +40,10 @@ def write_pipeline_report(
     rows: List[Dict[str, Any]] = [_row("uniform", uniform, ub, up, uniform["wall_time_s"])]
     method = search["search"]["method"]
     for r in retrained:
-        rows.append(_row(f"{method} CR {r['prune']['cr']:.2f}", r, ub, up, r["retrain_time_s"]))
+        row = _row(f"{method} CR {r['prune']['cr']:.2f}", r, ub, up, r["retrain_time_s"])
+        if r.get("export"):
+            row["export"] = str(r["export"])
+        rows.append(row)
     report = {
         "method": method,
         "arch": cfg.model.arch,
@@ -70,5 +73,9 @@ def write_pipeline_report(
             f"| {r['model']} | {vals} | {r['params']:,} | {r['bytes']:,} | {r['cr_params']:.2f} "
             f"| {r['cr_bytes']:.2f} | {r['time_s']:.1f} |"
         )
+    exported = [(r["model"], r["export"]) for r in rows if r.get("export")]
+    if exported:
+        lines += ["", "Exported models (`recdim predict --model DIR`, `recdim inspect --model DIR`):", ""]
+        lines += [f"- {name}: `{path}`" for name, path in exported]
     (out / "report.md").write_text("\n".join(lines) + "\n")
     return report

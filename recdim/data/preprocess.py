@@ -23,17 +23,19 @@ from __future__ import annotations
 
 import json
 import logging
+import sys
 from pathlib import Path
-from typing import Dict, List, Sequence, Union
+from typing import Dict, Iterator, List, Optional, Sequence, Union
 
 import numpy as np
 import pyarrow as pa
+from tqdm import tqdm
 
 from recdim.config import PrepareConfig
 from recdim.config_io import to_dict
 from recdim.data.encode import FieldEncoder, make_encoder
 from recdim.data.readers import make_reader
-from recdim.data.readers.base import BadRowBudget, RawReader
+from recdim.data.readers.base import BadRowBudget, RawChunk, RawReader
 from recdim.data.schema import Schema
 from recdim.data.shards import ShardWriter, check_replaceable, staged_output
 from recdim.data.split import SPLIT_NAMES, RandomSplit, TimeSplit
@@ -70,6 +72,14 @@ def arrow_schema(encoders: Sequence[FieldEncoder]) -> pa.Schema:
     return pa.schema(fields + [pa.field(LABEL_COLUMN, pa.float32(), nullable=False)])
 
 
+def _progress(chunks: Iterator[RawChunk], desc: str, total: Optional[int]) -> Iterator[RawChunk]:
+    """``chunks``, with a rows/s progress bar on an interactive terminal."""
+    with tqdm(total=total, desc=desc, unit="rows", unit_scale=True, disable=not sys.stderr.isatty()) as bar:
+        for chunk in chunks:
+            yield chunk
+            bar.update(len(chunk))
+
+
 def _count_pass(
     reader: RawReader,
     cfg: PrepareConfig,
@@ -79,7 +89,8 @@ def _count_pass(
     """Pass 1: observe the train rows of every field; returns rows per split."""
     rows = np.zeros(3, dtype=np.int64)
     # The first pass over the input logs the rows it skips (pass 0 when splitting by time).
-    for chunk in reader.chunks(cfg.chunk_rows, BadRowBudget(cfg.max_bad_rows, log_rows=cfg.split_by != "time")):
+    budget = BadRowBudget(cfg.max_bad_rows, log_rows=cfg.split_by != "time")
+    for chunk in _progress(reader.chunks(cfg.chunk_rows, budget), "prepare: count", None):
         code = splitter.assign(chunk.lines, chunk.time)
         rows += np.bincount(code, minlength=3)
         train = code == 0
@@ -133,7 +144,7 @@ def prepare(cfg: PrepareConfig) -> Path:
         writers = [ShardWriter(tmp, name, table_schema, cfg.rows_per_shard) for name in SPLIT_NAMES]
         budget = BadRowBudget(cfg.max_bad_rows, log_rows=False)
         label_filtered = 0
-        for chunk in reader.chunks(cfg.chunk_rows, budget):
+        for chunk in _progress(reader.chunks(cfg.chunk_rows, budget), "prepare: write", int(expected_rows.sum())):
             label_filtered += chunk.label_filtered
             code = splitter.assign(chunk.lines, chunk.time)
             columns = [enc.encode(chunk.features[enc.name]) for enc in encoders]
