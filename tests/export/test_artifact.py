@@ -215,3 +215,68 @@ def test_inspect_summary(exported):
     text = format_summary(s)
     assert all(p.name in text for p in plans) and "uniform" in text
     json.dumps(s)
+
+
+def _json_paths(obj, prefix=()):
+    """Every (path, leaf) of a JSON value."""
+    if isinstance(obj, dict):
+        for k, v in obj.items():
+            yield from _json_paths(v, prefix + (k,))
+    elif isinstance(obj, list):
+        for i, v in enumerate(obj):
+            yield from _json_paths(v, prefix + (i,))
+    else:
+        yield prefix, obj
+
+
+def test_fuzzed_artifacts_are_refused_or_serve_the_same_predictions(exported, tmp_path):
+    """Seeded byte flips, truncations, deletions, and manifest edits (also re-signed, as a deliberate
+    edit would be): each ends in an ArtifactError naming a file, or loads and predicts exactly as before."""
+    import random
+    import shutil
+
+    from recdim.export.artifact import MANIFEST_DIGEST
+
+    path, *_ = exported
+    b = batch()
+    want = load_serving_model(path).predict(b)
+    rng = random.Random(11)
+    outcomes = {"refused": 0, "same": 0}
+    for case in range(40):
+        d = tmp_path / f"case{case}"
+        shutil.copytree(path, d)
+        files = sorted(p for p in d.rglob("*") if p.is_file())
+        kind = rng.choice(["flip", "truncate", "delete", "edit", "edit_signed", "edit_signed"])
+        if kind in ("flip", "truncate", "delete"):
+            f = rng.choice(files)
+            data = bytearray(f.read_bytes())
+            if kind == "delete":
+                f.unlink()
+            elif kind == "truncate":
+                f.write_bytes(bytes(data[: rng.randrange(len(data))]))
+            else:
+                pos = rng.randrange(len(data))
+                data[pos] ^= 1 << rng.randrange(8)
+                f.write_bytes(bytes(data))
+        else:
+            manifest = json.loads((d / MANIFEST).read_text())
+            leaves = [p for p, v in _json_paths(manifest) if not isinstance(v, bool) and p[0] != "extra"]
+            where = rng.choice(leaves)
+            node = manifest
+            for k in where[:-1]:
+                node = node[k]
+            old = node[where[-1]]
+            node[where[-1]] = (old + rng.choice([-1, 1, 7])) if isinstance(old, (int, float)) else str(old) + "x"
+            data = json.dumps(manifest, indent=2).encode()
+            (d / MANIFEST).write_bytes(data)
+            if kind == "edit_signed":
+                (d / MANIFEST_DIGEST).write_text(hashlib.sha256(data).hexdigest())
+        try:
+            got = load_serving_model(d).predict(b)
+        except (ArtifactError, ValueError) as e:
+            assert str(d) in str(e) or MANIFEST in str(e), (case, kind, e)
+            outcomes["refused"] += 1
+            continue
+        assert torch.equal(got, want), (case, kind)
+        outcomes["same"] += 1
+    assert outcomes["refused"] >= 30
