@@ -152,12 +152,12 @@ def arrays_from_table(table: Optional[pa.Table], schema: Schema, names: Sequence
     for name in names:
         spec = schema[name]
         if spec.kind == FieldKind.CATEGORICAL:
-            vals = _np(table, name, np.int64)
+            vals = _ids(table.column(name), spec.num_embeddings, where, name)
             sparse[name] = SparseColumn(vals, np.arange(n + 1, dtype=np.int64))
         elif spec.kind == FieldKind.MULTI_CATEGORICAL:
             col = table.column(name).combine_chunks()
             offsets = col.offsets.to_numpy().astype(np.int64)
-            vals = col.values.to_numpy().astype(np.int64)
+            vals = _ids(col.values, spec.num_embeddings, where, name, offsets)
             sparse[name] = SparseColumn(vals[offsets[0] : offsets[-1]], offsets - offsets[0])
         else:  # WEIGHTED: one id 0 per row, weighted by the value
             w = _np(table, name, np.float32)
@@ -166,6 +166,35 @@ def arrays_from_table(table: Optional[pa.Table], schema: Schema, names: Sequence
         if col.values.size and (col.values.min() < 0 or col.values.max() >= spec.num_embeddings):
             raise ValueError(f"{where}: field {name!r} has ids outside [0, {spec.num_embeddings})")
     return SplitArrays(labels=labels, dense=dense, sparse=sparse)
+
+
+def _ids(
+    col: Union[pa.Array, pa.ChunkedArray], n: int, where: str, name: str, offsets: Optional[np.ndarray] = None
+) -> np.ndarray:
+    """int64 ids of a column; a null, NaN, fractional, negative or too large id is an error naming the
+    row (1-based; for a bag, the row holding it) and the column."""
+    if isinstance(col, pa.ChunkedArray):
+        col = col.combine_chunks()
+
+    def row_of(i: int) -> int:
+        return int(i) + 1 if offsets is None else int(np.searchsorted(offsets, i, side="right"))
+
+    if pa.types.is_integer(col.type) and col.null_count == 0:
+        vals = col.to_numpy().astype(np.int64)
+    else:
+        if not (pa.types.is_integer(col.type) or pa.types.is_floating(col.type) or pa.types.is_null(col.type)):
+            raise ValueError(f"{where}: column {name!r} holds {col.type}, not integer ids")
+        f = col.to_numpy(zero_copy_only=False).astype(np.float64)
+        bad = ~np.isfinite(f) | (f != np.floor(f))
+        if bad.any():
+            i = int(np.argmax(bad))
+            raise ValueError(f"{where}: row {row_of(i)}, column {name!r}: id {float(f[i])!r} is not a whole number")
+        vals = f.astype(np.int64)
+    out = (vals < 0) | (vals >= n)
+    if out.any():
+        i = int(np.argmax(out))
+        raise ValueError(f"{where}: row {row_of(i)}, column {name!r}: id {int(vals[i])} is outside [0, {n})")
+    return vals
 
 
 def _np(table: pa.Table, name: str, dtype: type) -> np.ndarray:
