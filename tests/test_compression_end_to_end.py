@@ -20,8 +20,8 @@ from recdim.train.model_io import load_model
 ROOT = Path(__file__).resolve().parents[1]
 METHOD_SETS = {
     "dnis": ["search.dnis.update_every=2", "prune.crs=[4.0]"],
-    "pep": ["search.pep.ramp_steps=40", "search.pep.budgets=[0.6]", "search.pep.granularity=dimension"],
-    "autodim": ["search.autodim.candidates=[4, 8, 16]", "search.autodim.update_every=5"],
+    "pep": ["search.pep.ramp_steps=40", "prune.crs=[1.6]", "search.pep.granularity=dimension"],
+    "autodim": ["search.autodim.candidates=[4, 8, 16]", "search.autodim.update_every=5", "prune.crs=[2.0]"],
 }
 
 

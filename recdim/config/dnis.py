@@ -22,6 +22,11 @@ class DNISConfig:
             it is in units of the normalised gradient, whatever the loss scale); 0 disables it.
         second_order: use the unrolled (DARTS second-order) alpha gradient with a finite-difference
             Hessian-vector product instead of the first-order one.
+        single_level: take alpha's gradient from the training step's own backward (∇_α L_train on the
+            training batch, first-order single-level) instead of a validation pass: no extra forward or
+            backward, the same normalisation / L1 / Adam / clipping. Cheaper per alpha step, but alpha then
+            fits the training batches; the default (False) is the papers' bi-level search. Not with
+            ``second_order``.
         fd_epsilon: finite-difference step of the second-order gradient, divided by the norm of the
             direction (``eps = fd_epsilon / ||v||``, the DARTS convention).
         bag_path: how multi-valued features apply alpha: ``split`` (block-split pooling: an L-times wider
@@ -40,6 +45,7 @@ class DNISConfig:
     warm_start_epochs: int = 0
     l1: float = 0.0
     second_order: bool = False
+    single_level: bool = False
     fd_epsilon: float = 0.01
     bag_path: Literal["split", "sequence"] = "split"
 
@@ -52,5 +58,7 @@ class DNISConfig:
             raise ValueError("dnis.arch_lr must be > 0, update_every >= 1 and warm_start_epochs >= 0")
         if self.bag_path not in ("split", "sequence"):
             raise ValueError(f"dnis.bag_path must be 'split' or 'sequence', got {self.bag_path!r}")
+        if self.single_level and self.second_order:
+            raise ValueError("dnis.single_level and dnis.second_order exclude each other")
         if self.l1 < 0 or self.fd_epsilon <= 0:
             raise ValueError("dnis.l1 must be >= 0 and fd_epsilon > 0")

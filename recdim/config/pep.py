@@ -28,8 +28,11 @@ class PEPConfig:
         ramp_to: where the ramp takes s (0: g = 0.5 for sigmoid, which prunes nearly everything).
         l2_strength: coupled L2 strength under ``coupled_l2`` (Adam's ``weight_decay`` when the target is 0).
         l2_target: the value the coupled L2 pulls s toward.
-        budgets: target fractions of non-zero values (nnz / sum of N * K), each in (0, 1). The first time
-            the thresholded tables fall to a budget its masks are kept; training stops at the smallest.
+        budgets: target fractions of non-zero values (nnz / sum of N * K), each in (0, 1); empty (the
+            default) means ``1 / cr`` for each of ``prune.crs``. The first time the thresholded tables fall
+            to a budget its masks are kept, at exactly that fraction (an extra offset on every threshold,
+            for the snapshot only); training stops at the smallest. A budget training does not reach is
+            reached at the end by raising the thresholds alone (recorded as ``forced``).
         check_every: training steps between non-zero counts (each count scans every table once).
 
     Example::
@@ -45,11 +48,11 @@ class PEPConfig:
     ramp_to: float = 0.0
     l2_strength: float = 1e-4
     l2_target: float = 0.0
-    budgets: Tuple[float, ...] = (0.5, 0.2, 0.1)
+    budgets: Tuple[float, ...] = ()
     check_every: int = 1
 
     def __post_init__(self) -> None:
-        if not self.budgets or any(not 0.0 < b < 1.0 for b in self.budgets):
+        if any(not 0.0 < b < 1.0 for b in self.budgets):
             raise ValueError(f"pep.budgets must be fractions in (0, 1), got {self.budgets}")
         if self.check_every < 1:
             raise ValueError(f"pep.check_every must be >= 1, got {self.check_every}")

@@ -20,6 +20,24 @@ def kept_for_cr(total: int, cr: float) -> int:
     return int(round(total / cr))
 
 
+CR_TOLERANCE = 0.02
+"""Relative difference allowed between a requested compression rate and the rate a pruned model meets."""
+
+
+def check_met_cr(target: float, met: float, what: str, tolerance: float = CR_TOLERANCE) -> None:
+    """Raises ``ValueError`` naming ``target`` unless ``met`` is within ``tolerance`` of it.
+
+    Example::
+
+        check_met_cr(1000.0, 1024.0, "dnis")   # ValueError: dnis: CR 1000 cannot be produced ...
+    """
+    if not abs(met / target - 1.0) <= tolerance:
+        raise ValueError(
+            f"{what}: CR {target:g} cannot be produced: the nearest pruned model meets CR {met:.4g} "
+            f"(more than {100 * tolerance:g}% away); ask for a lower CR"
+        )
+
+
 def magnitude_masks(
     values: Mapping[str, torch.Tensor], cr: Optional[float] = None, eps: Optional[float] = None
 ) -> Dict[str, torch.Tensor]:
@@ -47,6 +65,8 @@ def magnitude_masks(
         return {k: v.abs() >= eps for k, v in values.items()}
     flat = torch.cat([v.detach().abs().reshape(-1).float() for v in values.values()])
     keep = kept_for_cr(flat.numel(), cr)  # type: ignore[arg-type]
+    if keep < 1:
+        raise ValueError(f"CR {cr:g} keeps no entry of the {flat.numel():,} the tables hold")
     mask_flat = torch.zeros(flat.numel(), dtype=torch.bool)
     if keep > 0:
         # Stable descending sort: equal magnitudes keep their position order, so the count is exact.

@@ -16,8 +16,11 @@ The transforms act on pooled embeddings (a prefix slice of a pooled bag is the p
 tables stay in one pooled :class:`EmbeddingBagCollection`, sharded by DMP and trained by the fused
 optimizer. Features with the same candidates form a group whose transforms, normalisation and mixing
 run as one batched operation (per-feature parameters, per-channel statistics: the same maths as a loop
-over features, without F small kernels per step). The architecture weights are :meth:`arch_parameters`:
-trained on validation batches by ``recdim.search.autodim``, never by the training optimizer.
+over features, without F small kernels per step), read as a view of the EBC output, and the mixture is
+computed without the [B, G, J, K] candidates (:meth:`CandidateTransform.mix`: zero padding scales each
+column once; Linear + BatchNorm folds the J normalised projections into one projection per feature).
+The architecture weights are :meth:`arch_parameters`: trained on validation batches by
+``recdim.search.autodim``, never by the training optimizer.
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ from torchrec.modules.embedding_configs import EmbeddingBagConfig, PoolingType
 from torchrec.modules.embedding_modules import EmbeddingBagCollection
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor, KeyedTensor
 
+from recdim.modules.linear_bn_mixture import linear_bn_mixture
 from recdim.modules.provider import EmbeddingProvider
 
 DEFAULT_CANDIDATES: Tuple[int, ...] = (4, 8, 16, 24, 32)
@@ -72,12 +76,32 @@ class CandidateStorage(abc.ABC):
         """``(start, width)`` of each candidate inside a feature's block (see :meth:`gather`)."""
 
     @abc.abstractmethod
+    def keys(self, feature: str, dims: Sequence[int]) -> List[str]:
+        """The keys of the EBC output whose concatenation is ``feature``'s block."""
+
     def block(self, pooled: Mapping[str, torch.Tensor], feature: str, dims: Sequence[int]) -> torch.Tensor:
         """The pooled block of one feature, [B, D_in], from the EBC output as a dict."""
+        parts = [pooled[k] for k in self.keys(feature, dims)]
+        return parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)
 
-    def gather(self, pooled: Mapping[str, torch.Tensor], features: Sequence[str], dims: Sequence[int]) -> torch.Tensor:
-        """The blocks of G features with the same candidates, [B, G, D_in]."""
-        return torch.stack([self.block(pooled, f, dims) for f in features], dim=1)
+    def gather(self, pooled: KeyedTensor, features: Sequence[str], dims: Sequence[int]) -> torch.Tensor:
+        """The blocks of G features with the same candidates, [B, G, D_in].
+
+        A view of the EBC output when the blocks are adjacent and in order there (the usual case: EBC
+        keys follow the table order), else a copy.
+        """
+        keys = [k for f in features for k in self.keys(f, dims)]
+        index = {k: i for i, k in enumerate(pooled.keys())}
+        first = index[keys[0]]
+        values = pooled.values()
+        if [index[k] for k in keys] == list(range(first, first + len(keys))):
+            offsets = pooled.offset_per_key()
+            start, stop = offsets[first], offsets[first + len(keys)]
+            if stop - start < values.size(1):  # (a slice's backward writes into a zero tensor: skip it)
+                values = values[:, start:stop]
+            return values.view(values.size(0), len(features), (stop - start) // len(features))
+        as_dict = pooled.to_dict()
+        return torch.stack([self.block(as_dict, f, dims) for f in features], dim=1)
 
 
 class SharedPrefix(CandidateStorage):
@@ -100,8 +124,8 @@ class SharedPrefix(CandidateStorage):
     def slices(self, dims: Sequence[int]) -> Slices:
         return [(0, d) for d in dims]
 
-    def block(self, pooled: Mapping[str, torch.Tensor], feature: str, dims: Sequence[int]) -> torch.Tensor:
-        return pooled[feature]
+    def keys(self, feature: str, dims: Sequence[int]) -> List[str]:
+        return [feature]
 
 
 class SeparateTables(CandidateStorage):
@@ -127,19 +151,47 @@ class SeparateTables(CandidateStorage):
             starts.append(starts[-1] + d)
         return list(zip(starts, dims))
 
-    def block(self, pooled: Mapping[str, torch.Tensor], feature: str, dims: Sequence[int]) -> torch.Tensor:
+    def keys(self, feature: str, dims: Sequence[int]) -> List[str]:
         if len(dims) == 1:  # a feature in one table keeps its plain name
-            return pooled[feature]
-        return torch.cat([pooled[f"{feature}@t_{feature}_d{d}"] for d in dims], dim=1)
+            return [feature]
+        return [f"{feature}@t_{feature}_d{d}" for d in dims]
 
 
 class CandidateTransform(nn.Module, abc.ABC):
     """Maps the candidate blocks of G features, [B, G, D_in], to one K-wide vector per candidate,
-    [B, G, J, K]. Parameters are per feature and per candidate."""
+    [B, G, J, K]. Parameters are per feature and per candidate.
+
+    :meth:`mix` gives the weighted sum over candidates, [B, G, K], which is what the provider needs;
+    transforms override it to compute the sum without the [B, G, J, K] intermediate.
+    """
+
+    def mix(self, x: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
+        """``sum_j p[g, j] * self(x)[:, g, j]``: the mixture of the candidates of G features.
+
+        Args:
+            x: blocks [B, G, D_in].
+            p: mixing weights [G, J].
+
+        Returns:
+            [B, G, K].
+        """
+        return (self(x) * p.unsqueeze(-1)).sum(dim=2)
 
 
 class LinearBatchNorm(CandidateTransform):
-    """Per feature and candidate: Linear(d_j, K) then BatchNorm1d(K, affine=False); one batched matmul.
+    """Per feature and candidate: Linear(d_j, K) then BatchNorm1d(K, affine=False).
+
+    :meth:`forward` gives every candidate (one batched matmul, one BatchNorm over the G * J * K
+    channels). :meth:`mix` gives their weighted sum without normalising J * K channels per feature:
+    BatchNorm of ``y_j = W_j x + b_j`` subtracts ``W_j x̄ + b_j`` and divides by
+    ``s_j = sqrt(diag(W_j C W_jᵀ) + eps)`` (``x̄``, ``C``: the batch mean and covariance of the block;
+    running statistics in eval), so
+
+        ``sum_j p_j BN(y_j) = M (x - x̄)``,  ``M = sum_j diag(p_j / s_j) W_j``  [K, D_in]
+
+    and the mixture is one [B, D_in] x [D_in, K] matmul per feature
+    (:func:`~recdim.modules.linear_bn_mixture.linear_bn_mixture`). ``self.bn`` holds the running statistics
+    and settings (momentum, eps, train/eval) either way; :meth:`mix` updates them as ``self.bn`` would.
 
     Under data parallelism each rank normalises with the statistics of its own part of the batch and
     keeps its own running statistics (the BatchNorm is not synchronised), as with any BatchNorm in DDP.
@@ -152,7 +204,8 @@ class LinearBatchNorm(CandidateTransform):
     Example::
 
         t = LinearBatchNorm([(0, 4), (0, 8)], 16, num_features=3)
-        t(torch.randn(32, 3, 8)).shape        # [32, 3, 2, 16]
+        t(torch.randn(32, 3, 8)).shape                                # [32, 3, 2, 16]
+        t.mix(torch.randn(32, 3, 8), torch.full((3, 2), 0.5)).shape   # [32, 3, 16]
     """
 
     def __init__(self, slices: Slices, embedding_dim: int, num_features: int = 1) -> None:
@@ -187,9 +240,45 @@ class LinearBatchNorm(CandidateTransform):
         y = self.bn(y.transpose(0, 1).reshape(b, -1))
         return y.view(b, g, self.num_candidates, self.embedding_dim)
 
+    def mix(self, x: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
+        bn, b = self.bn, x.size(0)
+        batch_stats = bn.training or bn.running_mean is None  # as F.batch_norm decides
+        if batch_stats and b < 2:
+            raise ValueError(f"Expected more than 1 value per channel when training, got batch {b}")
+        out, mean, var = linear_bn_mixture(
+            x,
+            self.weight,
+            self.bias,
+            p,
+            self.mask,
+            None if batch_stats else bn.running_mean,
+            None if batch_stats else bn.running_var,
+            bn.eps,
+        )
+        if bn.training and bn.running_mean is not None:
+            self._update_running_stats(mean, var, b)
+        return out
+
+    @torch.no_grad()
+    def _update_running_stats(self, mean: torch.Tensor, var: torch.Tensor, batch: int) -> None:
+        """``self.bn``'s training-mode update from the batch mean and biased variance of y, [G, J*K]."""
+        bn = self.bn
+        momentum = 0.0 if bn.momentum is None else bn.momentum
+        if bn.num_batches_tracked is not None:
+            bn.num_batches_tracked.add_(1)
+            if bn.momentum is None:
+                momentum = 1.0 / float(bn.num_batches_tracked)
+        bn.running_mean.lerp_(mean.view(-1), momentum)
+        bn.running_var.lerp_(var.view(-1) * (batch / (batch - 1)), momentum)  # unbiased, as BatchNorm keeps
+
 
 class ZeroPad(CandidateTransform):
     """Candidate j keeps its d_j values in the first d_j columns; the other K - d_j read 0.
+
+    :meth:`mix` scales every column of the block once: column r of the block carries
+    ``c_r = sum of p_j over the candidates whose slice holds r`` (with shared prefixes,
+    ``c_r = sum_{j: d_j > r} p_j``), and the slices starting at the same column add up into the output,
+    O(D_in) per feature instead of O(J * K).
 
     Args:
         slices: ``(start, width)`` of each candidate in a feature's block.
@@ -201,14 +290,34 @@ class ZeroPad(CandidateTransform):
         super().__init__()
         width = max(a + w for a, w in slices)
         index = torch.full((len(slices), embedding_dim), width, dtype=torch.long)  # ``width`` = a zero column
+        cover = torch.zeros(len(slices), width)  # cover[j, r] = 1 where candidate j reads column r
         for i, (a, w) in enumerate(slices):
             index[i, :w] = torch.arange(a, a + w)
+            cover[i, a : a + w] = 1.0
+        # slices with the same start nest; each start contributes the widest of its slices to columns [0, w)
+        spans: Dict[int, int] = {}
+        for a, w in slices:
+            spans[a] = max(spans.get(a, 0), w)
+        self.spans: List[Tuple[int, int]] = sorted(spans.items())
+        for (a0, w0), (a1, _) in zip(self.spans, self.spans[1:]):
+            if a0 + w0 > a1:
+                raise ValueError(f"candidate slices with different starts overlap: {slices}")
         self.num_candidates, self.embedding_dim = len(slices), embedding_dim
         self.register_buffer("index", index.flatten(), persistent=False)
+        self.register_buffer("cover", cover, persistent=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         padded = F.pad(x, (0, 1))
         return padded.index_select(2, self.index).view(x.size(0), x.size(1), self.num_candidates, self.embedding_dim)
+
+    def mix(self, x: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
+        k = self.embedding_dim
+        scaled = x * (p @ self.cover)  # [B, G, D_in]
+        parts = [scaled[..., a : a + w] if w == k else F.pad(scaled[..., a : a + w], (0, k - w)) for a, w in self.spans]
+        out = parts[0]
+        for part in parts[1:]:
+            out = out + part
+        return out
 
 
 TransformFactory = Callable[[Slices, int, int], CandidateTransform]
@@ -231,7 +340,7 @@ class EqualMixing(CandidateMixing):
 
 def gumbel_noise(features: Sequence[int], alpha: torch.Tensor) -> torch.Tensor:
     """Standard Gumbel samples shaped like ``alpha``: -log(E), E ~ Exp(1)."""
-    return -torch.empty_like(alpha).exponential_().log()
+    return torch.empty_like(alpha).exponential_().log_().neg_()
 
 
 class GumbelSoftmaxMixing(CandidateMixing):
@@ -327,14 +436,13 @@ class CandidateDimsProvider(EmbeddingProvider):
         raise KeyError(feature)
 
     def forward(self, features: KeyedJaggedTensor) -> KeyedTensor:
-        pooled = self.ebc(features).to_dict()
+        pooled = self.ebc(features)
         outs: List[torch.Tensor] = []
         for (dims, members), transform in zip(self.groups, self.transforms):
             names = [self._feature_names[i] for i in members]
             block = self.table_output(self.storage.gather(pooled, names, dims))  # [B, G, D_in]
-            candidates = transform(block)  # [B, G, J, K]
             p = self.mixing(members, torch.stack([self.alpha[i] for i in members]), self.training)  # [G, J]
-            outs.append((candidates * p.unsqueeze(-1)).sum(dim=2))  # [B, G, K]
+            outs.append(transform.mix(block, p))  # [B, G, K]
         out = outs[0] if len(outs) == 1 else torch.cat(outs, dim=1)
         if self._order is not None:
             out = out[:, self._order]

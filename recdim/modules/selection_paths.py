@@ -12,6 +12,10 @@ their lookups in TorchRec modules (fused FBGEMM kernels, sharded by DMP):
 - :class:`SequenceScaling` (bags): the feature's table sits in an EmbeddingCollection, which returns one
   row per id; each row is scaled by its alpha row and the bag is summed by ``index_add``. Cost: one
   [nnz, K] row set per feature, so it beats block splitting when bags are shorter than about L.
+
+Every path reads alpha rows through :func:`scale_by_rows` / ``index_select``: one gather forward, one
+``index_add`` over the rows backward (advanced indexing ``alpha[rows]`` would accumulate by ``index_put``,
+several times slower on CPU).
 """
 
 from __future__ import annotations
@@ -34,7 +38,7 @@ class GroupInput:
         alpha: [R, K] soft-selection weights.
         pooled: [B, G, len(keys), K] pooled rows of the group's keys (pooled paths).
         block_rows: [G, L] alpha row of every (feature, block).
-        sample_rows: [B, G] alpha row of each sample's id (0 for an empty bag; per-id path).
+        sample_rows: [B, G] alpha row of each sample's id (any row for an empty bag; per-id path).
         values: [nnz_g, K] one row per id, features in group order (sequence path).
         value_rows: [nnz_g] alpha row of each id (sequence path).
         value_segments: [nnz_g] ``g * B + sample`` of each id (sequence path).
@@ -50,6 +54,25 @@ class GroupInput:
     value_rows: Optional[torch.Tensor] = None
     value_segments: Optional[torch.Tensor] = None
     value_weights: Optional[torch.Tensor] = None
+
+
+def scale_by_rows(values: torch.Tensor, alpha: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+    """``values * alpha[rows]``: alpha's rows gathered by one ``index_select``, so alpha's gradient is one
+    ``index_add`` over ``rows``.
+
+    Args:
+        values: [..., K].
+        alpha: [R, K].
+        rows: int64, ``values.shape[:-1]``: the alpha row of each K-wide vector.
+
+    Returns:
+        Tensor: [..., K].
+
+    Example::
+
+        scaled = scale_by_rows(pooled, alpha, sample_rows)   # [B, G, K] * alpha[[B, G]]
+    """
+    return values * alpha.index_select(0, rows.reshape(-1)).view(values.shape)
 
 
 class SelectionPath(abc.ABC):
@@ -86,7 +109,7 @@ class PerIdScaling(SelectionPath):
 
     def combine(self, inp: GroupInput) -> torch.Tensor:
         assert inp.pooled is not None and inp.sample_rows is not None
-        return inp.pooled[:, :, 0] * inp.alpha[inp.sample_rows]
+        return scale_by_rows(inp.pooled.squeeze(2), inp.alpha, inp.sample_rows)  # squeeze: a free backward
 
 
 class BlockSplitPooling(SelectionPath):
@@ -105,7 +128,9 @@ class BlockSplitPooling(SelectionPath):
 
     def combine(self, inp: GroupInput) -> torch.Tensor:
         assert inp.pooled is not None and inp.block_rows is not None
-        return _BlockWeightedSum.apply(inp.pooled, inp.alpha[inp.block_rows])
+        G, L = inp.block_rows.shape
+        weights = inp.alpha.index_select(0, inp.block_rows.reshape(-1)).view(G, L, -1)
+        return _BlockWeightedSum.apply(inp.pooled, weights)
 
 
 class SequenceScaling(SelectionPath):
@@ -115,7 +140,7 @@ class SequenceScaling(SelectionPath):
 
     def combine(self, inp: GroupInput) -> torch.Tensor:
         assert inp.values is not None and inp.value_rows is not None and inp.value_segments is not None
-        scaled = inp.values * inp.alpha[inp.value_rows]
+        scaled = scale_by_rows(inp.values, inp.alpha, inp.value_rows)
         if inp.value_weights is not None:
             scaled = scaled * inp.value_weights.unsqueeze(-1)
         B, K = inp.batch_size, inp.alpha.size(1)

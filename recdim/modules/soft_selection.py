@@ -9,8 +9,9 @@ shards and the fused kernels serve.
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
-from typing import Dict, List, Mapping, Optional, Tuple
+from typing import Any, Dict, List, Mapping, Optional, Tuple
 
 import torch
 from torch import nn
@@ -52,7 +53,8 @@ class SoftSelectionProvider(EmbeddingProvider):
     :meth:`arch_parameters` and is trained by the search driver only. Features missing from ``paths`` take
     :class:`~recdim.modules.selection_paths.PerIdScaling`, so they must never carry more than one id per
     bag (checked). ``mean`` pooling divides the scaled sum by the whole bag's length (an empty bag gives
-    zeros), as TorchRec does.
+    zeros), as TorchRec does. Every id finds its alpha row in one lookup of an int32 id -> row table built
+    from the plan (4 bytes per table row, a non-persistent buffer); ids must lie inside their tables.
 
     Args:
         num_embeddings: rows per feature (``{feature: n}``), in output order; must match ``plan``.
@@ -103,7 +105,7 @@ class SoftSelectionProvider(EmbeddingProvider):
             raise ValueError(f"pooling must be 'sum' or 'mean', got {pooling!r}")
         self.plan = plan
         self.pooling = pooling
-        L, K = plan.num_blocks, embedding_dim
+        F, L, K = len(features), plan.num_blocks, embedding_dim
         # One instance per path type, so that features on the same path form one group.
         kinds: Dict[type, SelectionPath] = {PerIdScaling: PerIdScaling()}
         for p in paths.values():
@@ -143,44 +145,83 @@ class SoftSelectionProvider(EmbeddingProvider):
         alpha_device = device if device is not None and device.type != "meta" else torch.device("cpu")
         self.alpha = nn.Parameter(torch.ones(plan.num_alpha_rows, K, device=alpha_device))
 
-        # Global id (feature offset + id) -> virtual (feature, block) by one searchsorted over block starts.
+        # Global id (feature offset + id) -> alpha row by one lookup in an int32 table (built once from the
+        # plan); routing recovers the block as row - the feature's first alpha row.
+        sizes = [hi - lo for bounds in plan.boundaries for lo, hi in zip(bounds, bounds[1:])]
+        row_of_id = torch.repeat_interleave(torch.tensor(r.row_of_block, dtype=torch.int32), torch.tensor(sizes))
+        self.register_buffer("_row_of_id", row_of_id, persistent=False)
+        first_rows = [plan.alpha_row_offset(f) for f in features]
+        self.register_buffer("_first_row", torch.tensor(first_rows, dtype=torch.int64), persistent=False)
         for name, values in (
             ("_feature_offsets", r.feature_offsets),
-            ("_block_starts", r.block_starts),
             ("_slot_of_block", r.slot_of_block),
-            ("_row_of_block", r.row_of_block),
         ):
             self.register_buffer(name, torch.tensor(values, dtype=torch.int64), persistent=False)
-        # Groups: (path, feature indices, EBC slots); output order restored by self._inverse.
+        # Groups: (path, feature indices, EBC slots); output order restored by self._inverse. Per group, its
+        # feature indices and the alpha row of each of its (feature, block) as buffers.
         self._groups: List[Tuple[SelectionPath, List[int], List[int]]] = r.groups
+        row_of_block = torch.tensor(r.row_of_block, dtype=torch.int64).view(F, L)
+        offsets = torch.tensor(r.feature_offsets, dtype=torch.int64)
+        self._group_slots: List[Optional[Any]] = []  # EBC slots of a pooled group: a slice when contiguous
+        for i, (_, idx, slots) in enumerate(self._groups):
+            idx_t = torch.tensor(idx, dtype=torch.int64)
+            self.register_buffer(f"_group{i}_features", idx_t, persistent=False)
+            self.register_buffer(f"_group{i}_block_rows", row_of_block[idx_t].contiguous(), persistent=False)
+            self.register_buffer(f"_group{i}_offsets", offsets[idx_t].unsqueeze(1), persistent=False)
+            contiguous = bool(slots) and slots == list(range(slots[0], slots[0] + len(slots)))
+            self._group_slots.append(slice(slots[0], slots[0] + len(slots)) if contiguous else slots or None)
         self._inverse = r.inverse
         self._kt_index: Optional[Tuple[Tuple[str, ...], Optional[List[int]]]] = None
 
     def arch_parameters(self) -> List[nn.Parameter]:
         return [self.alpha]
 
-    def _virtual_blocks(self, kjt: KeyedJaggedTensor) -> Tuple[torch.Tensor, torch.Tensor]:
-        """Per value: its (feature * B + sample) segment and its virtual (feature * L + block) index."""
-        values, lengths = kjt.values(), kjt.lengths()
-        B, F = kjt.stride(), len(self._feature_names)
-        seg = torch.repeat_interleave(
-            torch.arange(F * B, device=values.device), lengths.to(torch.int64), output_size=values.numel()
-        )
-        gid = self._feature_offsets.to(values.device)[torch.div(seg, B, rounding_mode="floor")] + values.to(torch.int64)
-        vb = torch.searchsorted(self._block_starts.to(values.device), gid, right=True) - 1
-        return seg, vb
+    def _group_buffers(self, i: int) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Group i's feature indices ([G]), the alpha rows of its (feature, block) ([G, L]) and its
+        features' first global ids ([G, 1])."""
+        return tuple(getattr(self, f"_group{i}_{name}") for name in ("features", "block_rows", "offsets"))
 
-    def _route(self, kjt: KeyedJaggedTensor, seg: torch.Tensor, vb: torch.Tensor) -> _Routed:
+    def _rows_of(self, ids: torch.Tensor, feature_offsets: torch.Tensor) -> torch.Tensor:
+        """Alpha row (int64) of ids whose features' first global ids are ``feature_offsets`` (broadcast)."""
+        gid = ids.to(torch.int64) + feature_offsets
+        return self._row_of_id.index_select(0, gid.reshape(-1)).to(torch.int64).view(gid.shape)
+
+    def _sample_rows(
+        self, kjt: KeyedJaggedTensor, feat_idx: torch.Tensor, offsets: torch.Tensor, lengths: torch.Tensor
+    ) -> torch.Tensor:
+        """[B, G] alpha row of each sample's id for a group of single-valued features (``feat_idx``, their
+        first global ids ``offsets`` [G, 1] and bag lengths ``lengths`` [G, B], each 0 or 1). An empty bag
+        reads id 0: its pooled row is zero, so any row leaves output and gradients exact."""
+        values = kjt.values()
+        F, B, G = len(self._feature_names), kjt.stride(), feat_idx.numel()
+        if values.numel() == F * B and G == F:
+            ids = values.view(F, B)  # every bag holds at most one id, so each holds exactly one
+        elif values.numel() == 0:
+            ids = torch.zeros(G, B, dtype=torch.int64, device=values.device)
+        else:
+            first = kjt.offsets()[:-1].view(F, B).index_select(0, feat_idx).reshape(-1)
+            ids = values.index_select(0, first.clamp(max=values.numel() - 1)).view(G, B)
+            ids = torch.where(lengths > 0, ids, torch.zeros_like(ids))
+        return self._rows_of(ids, offsets).t()
+
+    def _route(self, kjt: KeyedJaggedTensor) -> _Routed:
         """Split features' ids moved to their block's key; EC features' ids to the EC's KJT."""
         if not self._needs_routing:
             return _Routed(kjt)
-        B, E = kjt.stride(), len(self._ebc_keys)
-        key = self._slot_of_block.to(vb.device)[vb] * B + torch.remainder(seg, B)
+        values, B, E = kjt.values(), kjt.stride(), len(self._ebc_keys)
+        F = len(self._feature_names)
+        seg = torch.repeat_interleave(
+            torch.arange(F * B, device=values.device), kjt.lengths().to(torch.int64), output_size=values.numel()
+        )
+        feature = torch.div(seg, B, rounding_mode="floor")
+        rows = self._rows_of(values, self._feature_offsets.index_select(0, feature))
+        blocks = feature * self.plan.num_blocks + rows - self._first_row.index_select(0, feature)  # f * L + b
+        key = self._slot_of_block.index_select(0, blocks) * B + torch.remainder(seg, B)
         key, order = torch.sort(key, stable=True)
         lengths = torch.bincount(key, minlength=(E + len(self._seq_features)) * B).to(kjt.lengths().dtype)
-        values = kjt.values()[order]
+        values = values.index_select(0, order)
         weights = kjt.weights_or_none()
-        weights = None if weights is None else weights[order]
+        weights = None if weights is None else weights.index_select(0, order)
         n = int(lengths[: E * B].sum()) if self._seq_features else values.numel()
         ebc = None
         if E:
@@ -194,8 +235,9 @@ class SoftSelectionProvider(EmbeddingProvider):
         if not self._seq_features:
             return _Routed(ebc)
         ec = KeyedJaggedTensor(keys=self._seq_features, values=values[n:], lengths=lengths[E * B :], stride=B)
-        rows = self._row_of_block.to(vb.device)[vb][order][n:]
-        return _Routed(ebc, ec, rows, key[n:] - E * B, None if weights is None else weights[n:])
+        return _Routed(
+            ebc, ec, rows.index_select(0, order[n:]), key[n:] - E * B, None if weights is None else weights[n:]
+        )
 
     def _slots(self, kt: KeyedTensor, B: int) -> torch.Tensor:
         """[B, S, K] pooled rows in EBC key order, whatever order the (sharded) EBC returns."""
@@ -210,29 +252,30 @@ class SoftSelectionProvider(EmbeddingProvider):
     def forward(self, features: KeyedJaggedTensor) -> KeyedTensor:
         names = self._feature_names
         features = self.ordered_features(features)
-        B, F, K, L = features.stride(), len(names), self._embedding_dim, self.plan.num_blocks
-        seg, vb = self._virtual_blocks(features)
+        B, F, K = features.stride(), len(names), self._embedding_dim
         lengths = features.lengths().view(F, B)
-        routed = self._route(features, seg, vb)
-        pooled = self._slots(self.ebc(routed.ebc), B) if self.ebc is not None and routed.ebc is not None else None
+        routed = self._route(features)
+        # Frozen tables: the lookups run without autograd (nothing may flow back into them).
+        with torch.no_grad() if self._tables_frozen else contextlib.nullcontext():
+            kt = self.ebc(routed.ebc) if self.ebc is not None and routed.ebc is not None else None
+            out_ec = self.ec(routed.ec) if self.ec is not None and routed.ec is not None else None
+        pooled = self._slots(kt, B) if kt is not None else None
         seq = None
-        if self.ec is not None and routed.ec is not None:
-            out_ec = self.ec(routed.ec)
+        if out_ec is not None:
             seq = self.table_output(torch.cat([out_ec[f].values() for f in self._seq_features]))
-        row_of_block = self._row_of_block.to(vb.device)
         outs = []
-        for path, idx, slots in self._groups:
-            idx_t = torch.tensor(idx, device=vb.device)
-            inp = GroupInput(batch_size=B, alpha=self.alpha, block_rows=row_of_block.view(F, L)[idx_t])
-            if path.pooled and pooled is not None:
-                contiguous = slots == list(range(slots[0], slots[0] + len(slots)))
-                group = pooled[:, slots[0] : slots[0] + len(slots)] if contiguous else pooled[:, slots]
+        for i, (path, idx, _) in enumerate(self._groups):
+            feat_idx, block_rows, offsets = self._group_buffers(i)
+            inp = GroupInput(batch_size=B, alpha=self.alpha, block_rows=block_rows)
+            slots = self._group_slots[i]
+            if path.pooled and pooled is not None and slots is not None:
+                group = pooled if slots == slice(0, pooled.size(1)) else pooled[:, slots]
                 inp.pooled = group.reshape(B, len(idx), -1, K)
             if path.per_sample_rows:
-                torch._assert_async((lengths[idx_t] <= 1).all(), "a single-valued feature got a bag of several ids")
-                rows = torch.zeros(F * B, dtype=torch.int64, device=vb.device)
-                rows[seg] = row_of_block[vb]
-                inp.sample_rows = rows.view(F, B)[idx_t].t()
+                group_lengths = lengths if len(idx) == F else lengths.index_select(0, feat_idx)
+                if group_lengths.numel():
+                    torch._assert_async(group_lengths.max() <= 1, "a single-valued feature got a bag of several ids")
+                inp.sample_rows = self._sample_rows(features, feat_idx, offsets, group_lengths)
             if not path.pooled:
                 inp.values, inp.value_rows = seq, routed.ec_rows
                 inp.value_segments, inp.value_weights = routed.ec_segments, routed.ec_weights

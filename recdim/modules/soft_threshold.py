@@ -1,10 +1,11 @@
-"""The soft threshold S(V, t) = sign(V) * relu(|V| - t) of PEP, and its fused forms.
+"""The soft threshold S(V, t) = sign(V) * relu(|V| - t) of PEP, its fused forms, and survival keys.
 
 :func:`soft_threshold` is the definition (any gate). For the gates with a known derivative (sigmoid, exp:
 non-negative thresholds), :func:`fast_soft_threshold` and :func:`paired_soft_threshold` (thresholds stored
 beside the values, ``[V0, s0, V1, s1, ...]``) give the same values and sub-gradients from a few float
 passes, without the zero-filled and boolean temporaries autograd's composite makes (on CPU these passes
-cost as much as the pooled lookup they follow).
+cost as much as the pooled lookup they follow). For the gates with a known inverse, :func:`survival_keys`
+says which values survive as a key per value that a shifted threshold (the ramp's offset) leaves in place.
 """
 
 from __future__ import annotations
@@ -42,6 +43,46 @@ NEG_GATE_GRADS: Dict[Gate, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]]
     torch.sigmoid: lambda t, neg_t: neg_t.addcmul_(t, t),  # t^2 - t = -t (1 - t); -t is not needed after
     torch.exp: lambda t, neg_t: neg_t,
 }
+
+
+def _logit_of_magnitude(magnitude: torch.Tensor) -> torch.Tensor:
+    """log(a / (1 - a)) in float64 from a >= 0: -inf at 0, +inf for a >= 1 (sigmoid < 1 everywhere)."""
+    return torch.logit(magnitude.to(torch.float64).clamp_(max=1.0))
+
+
+# Gates whose inverse is known, as functions of |V| (float32, >= 0) returning float64 g^{-1}(|V|) (see
+# survival_keys).
+GATE_INVERSES: Dict[Gate, Callable[[torch.Tensor], torch.Tensor]] = {
+    torch.sigmoid: _logit_of_magnitude,
+    torch.exp: lambda magnitude: torch.log(magnitude.to(torch.float64)),
+}
+
+
+def survival_keys(values: torch.Tensor, s: torch.Tensor, gate: Gate) -> torch.Tensor:
+    """Per value, the offset below which it survives: ``S(V, g(s + offset)) != 0`` iff ``key > offset``.
+
+    For a monotone gate g, ``|V| > g(s + offset)`` iff ``g^{-1}(|V|) - s > offset``, so the key moves only
+    when V or s does, not with the offset (a ramp that lifts every threshold leaves every key in place).
+    Keys are float64: the survival they define agrees with the float32 forward pass except for values
+    within about 1e-7 (relative) of their threshold. Under the sigmoid ``|V| >= 1`` survives every offset
+    (key +inf: sigmoid < 1); ``V = 0`` survives none (-inf).
+
+    Args:
+        values: V, float32 [..., k].
+        s: thresholds, broadcastable to V.
+        gate: one of :data:`GATE_INVERSES`.
+
+    Returns:
+        Tensor: float64, V's shape.
+
+    Example::
+
+        keys = survival_keys(v, s, torch.sigmoid)
+        nnz = int(torch.count_nonzero(keys > provider.threshold_offset.double()))
+    """
+    if gate not in GATE_INVERSES:
+        raise ValueError(f"survival_keys needs a gate with a known inverse ({list(GATE_INVERSES)}), got {gate}")
+    return GATE_INVERSES[gate](values.abs()).sub_(s)
 
 
 def _fused_forward(values: torch.Tensor, threshold: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

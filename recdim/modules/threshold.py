@@ -18,7 +18,12 @@ optimizer trains in backward):
   Per-sample weights are not given to the EBC (they would scale s with V); the thresholded row is
   multiplied by its weight instead. A bag of any other length on this path is an input error (raised,
   never silently summed). This is the fast path: FBGEMM's CPU backward of pooled lookups is several
-  times faster than the unpooled one.
+  times faster than the unpooled one. While training, a batch whose distinct ids are at most
+  ``unique_fraction`` of its lookups (skewed ids: the demo's 16,384 lookups hold about 2,850 distinct
+  ids) looks up, thresholds and back-propagates each distinct id once and expands the rows to the batch
+  (:mod:`~recdim.modules.unique_lookup`; the expansion's backward sums the repeats, as the fused kernel
+  would have); a batch that is not worth it is looked up bag by bag, and the next ones are not examined
+  for a while (``DEDUP_PROBE_EVERY``).
 - **Multi-valued features** (bags, ``MULTI_CATEGORICAL``) sit in an :class:`EmbeddingCollection`
   (unpooled, one row per id): every row is thresholded, weighted, then each bag is summed (or averaged)
   over the jagged lengths here, in one pass over all such features.
@@ -39,7 +44,17 @@ chosen by composition:
   pooled path the pooled row of one id is its pairs), the planner shards them together (any row or
   column split keeps pairs whole, shard widths being multiples of 4), and s is trained by the table's
   fused optimizer (``train.embedding_optimizer`` with ``train.embedding_lr``; with ``rowwise_adagrad``
-  the values and thresholds of a row share one step size).
+  the values and thresholds of a row share one step size). A second [N, K] table of thresholds looked
+  up with the same ids costs more: FBGEMM's CPU kernels pay per lookup (index pass, per-row update) more
+  than per column, and one 2K-wide lookup + fused update of the demo's batch costs about 5.3 ms against
+  8.0 ms for two K-wide ones (3.7 ms for the uniform model's one; 64 against 111 ms, 55 ms uniform, for
+  the Criteo-shaped 26 x 100k tables at batch 4096).
+
+Which values survive (the masks and counts of ``recdim.search.pep``): with thresholds in the table and a
+gate of known inverse, by *survival keys* (:func:`~recdim.modules.soft_threshold.survival_keys`,
+``g^{-1}(|V|) - s > offset``), which move only when a row is trained, not with the offset, so that
+``recdim.search.kept_counter`` can keep the count up to date from the rows each step touched
+(:meth:`ThresholdEmbeddingProvider.take_touched`); otherwise directly, ``|V| > g(s + offset)``.
 
 Threshold dynamics (why the defaults differ from the paper). The paper initialises s = -150. In float32
 sigmoid(-150) and its derivative are exactly 0, so no loss gradient ever reaches s; the published code
@@ -56,11 +71,10 @@ geometric in g, so successive budgets are reached at a steady pace. The paper's 
 weight decay) is the composed variant ``PEPConfig.paper()``.
 
 Cost (CPU, one thread, B = 2048, the demo's 8 single-valued features, ``benchmarks/search_overhead.py``):
-a PEP step costs about 1.3-1.4x the uniform provider's with every feature on the pooled path, against
-1.6-2.6x with every feature per id (FBGEMM's unpooled CPU backward). What remains is the wider pooled
-lookup (2K columns with ``feature_dimension``), the elementwise threshold (fused, see
-:mod:`~recdim.modules.threshold_granularity`; at K = 16 still about as costly as the lookup's forward and
-backward) and the hook's non-zero count over every table each step (``pep.check_every``).
+with every feature on the pooled path a PEP step cost 1.3-1.5x the uniform provider's before distinct-id
+lookups and incremental counts, against 1.6-2.6x with every feature per id (FBGEMM's unpooled CPU
+backward). What remains is the elementwise threshold (fused, see :mod:`~recdim.modules.soft_threshold`),
+the distinct-id bookkeeping and the count's re-keying of the touched rows.
 """
 
 from __future__ import annotations
@@ -68,6 +82,7 @@ from __future__ import annotations
 from typing import Collection, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import torch
+import torch.distributed as dist
 from torch import nn
 from torchrec.modules.embedding_configs import BaseEmbeddingConfig, EmbeddingBagConfig, EmbeddingConfig, PoolingType
 from torchrec.modules.embedding_modules import EmbeddingBagCollection, EmbeddingCollection
@@ -75,12 +90,14 @@ from torchrec.sparse.jagged_tensor import KeyedJaggedTensor, KeyedTensor
 
 from recdim.modules.provider import EmbeddingProvider
 from recdim.modules.soft_threshold import (  # noqa: F401  (re-exported)
+    GATE_INVERSES,
     GATES,
     NEG_GATE_GRADS,
     Gate,
     fast_soft_threshold,
     paired_soft_threshold,
     soft_threshold,
+    survival_keys,
 )
 from recdim.modules.threshold_granularity import (  # noqa: F401  (re-exported)
     ColumnRange,
@@ -92,6 +109,13 @@ from recdim.modules.threshold_granularity import (  # noqa: F401  (re-exported)
     make_thresholds,
 )
 from recdim.modules.uniform import table_name
+from recdim.modules.unique_lookup import UniqueIds, unique_ids
+
+# Single-valued batches whose distinct ids are at most this fraction of their lookups are looked up once per
+# distinct id (see ThresholdEmbeddingProvider._pooled_path); above it the deduplication costs more than it saves.
+UNIQUE_FRACTION = 0.5
+# After a batch that was not worth deduplicating, this many training batches pass before the next look.
+DEDUP_PROBE_EVERY = 64
 
 
 def pool_rows(rows: torch.Tensor, lengths: torch.Tensor, mean: bool = False) -> torch.Tensor:
@@ -156,6 +180,9 @@ class ThresholdEmbeddingProvider(EmbeddingProvider):
         is_weighted: multiply each thresholded row by its KJT weight (before pooling a bag).
         device: where tables are allocated (``meta`` to let DMP materialise them sharded).
         single_valued: features whose every bag holds exactly one id (pooled lookup, the fast path).
+        unique_fraction: while training, a batch of the single-valued features whose distinct ids are at
+            most this fraction of its lookups is looked up once per distinct id (same values and gradients;
+            0 turns it off).
 
     Call:
         features (KeyedJaggedTensor): keys ``feature_names`` (any order), batch size B.
@@ -180,6 +207,7 @@ class ThresholdEmbeddingProvider(EmbeddingProvider):
         is_weighted: bool = False,
         device: Optional[torch.device] = None,
         single_valued: Collection[str] = (),
+        unique_fraction: float = UNIQUE_FRACTION,
     ) -> None:
         super().__init__(list(num_embeddings), embedding_dim)
         if pooling not in ("sum", "mean"):
@@ -234,6 +262,73 @@ class ThresholdEmbeddingProvider(EmbeddingProvider):
         self._paired = self._fused and isinstance(thresholds, FeatureDimensionThreshold)
         # The ramp schedule: added to every s (see the module docstring). Not trained.
         self.register_buffer("threshold_offset", torch.zeros(()))
+        sizes = [self.num_embeddings[f] for f in self.bag_features]
+        starts = [sum(sizes[:i]) for i in range(len(sizes))]
+        self.register_buffer("_bag_offsets", torch.tensor(starts, dtype=torch.int64), persistent=False)
+        self.unique_fraction = unique_fraction
+        self._touched: Optional[Dict[str, List[Tuple[torch.Tensor, bool]]]] = None
+        self._probe_in = 0
+        self._workspace: Optional[torch.Tensor] = None
+        self._row_offsets_cache: Optional[torch.Tensor] = None
+
+    def track_touched(self, on: bool = True) -> None:
+        """Start (or stop) recording the ids that training lookups touch (see :meth:`take_touched`)."""
+        self._touched = {} if on else None
+
+    def take_touched(self) -> Dict[str, torch.Tensor]:
+        """The ids looked up by this rank's training forwards since the last call, by table name (each
+        listed once, in no particular order), and starts over. Only rows listed here can have been changed by a fused
+        (sparse) table optimizer since then. Empty unless :meth:`track_touched` is on.
+
+        Example::
+
+            provider.track_touched()
+            trainer.train_step(batch)
+            provider.take_touched()    # {'t_user': tensor([9, 0, 3]), ...}
+        """
+        if self._touched is None:
+            return {}
+        taken, self._touched = self._touched, {}
+        out = {}
+        for name, parts in taken.items():
+            if len(parts) == 1 and parts[0][1]:
+                out[name] = parts[0][0]
+            else:
+                out[name] = torch.unique(torch.cat([ids for ids, _ in parts]))
+        return out
+
+    def _dedup_stride(self, distinct: UniqueIds, lookups: int) -> Optional[int]:
+        """Bags per feature of the deduplicated lookup, or ``None`` to look every id up: the most distinct ids
+        of any feature, agreed by every rank (sharded lookups need one stride), when every rank's distinct
+        ids are at most ``unique_fraction`` of its lookups."""
+        use = distinct.num_unique <= self.unique_fraction * lookups
+        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+            agreed = torch.tensor([0 if use else 1, distinct.width], device=self.threshold_offset.device)
+            dist.all_reduce(agreed, op=dist.ReduceOp.MAX)
+            return None if int(agreed[0]) else max(1, int(agreed[1]))
+        return max(1, distinct.width) if use else None
+
+    def _row_offsets(self, batch: int, values: torch.Tensor) -> torch.Tensor:
+        """[G * B] int64: the first row of each lookup's table among the single-valued features' tables."""
+        cached = self._row_offsets_cache
+        if cached is None or cached.numel() != batch * len(self.bag_features) or cached.device != values.device:
+            cached = self._bag_offsets.to(values.device).repeat_interleave(batch)
+            self._row_offsets_cache = cached
+        return cached
+
+    def _id_workspace(self, device: torch.device) -> torch.Tensor:
+        """Scratch for :func:`unique_ids`: one int64 per row of the single-valued features' tables."""
+        if self._workspace is None or self._workspace.device != device:
+            self._workspace = torch.empty(
+                sum(self.num_embeddings[f] for f in self.bag_features), dtype=torch.int64, device=device
+            )
+        return self._workspace
+
+    def _record(self, features: Sequence[str], ids: Sequence[torch.Tensor], distinct: bool) -> None:
+        """Notes the ids a training lookup of ``features`` touches (``distinct``: each listed once)."""
+        if self._touched is not None and torch.is_grad_enabled() and self.training:
+            for f, i in zip(features, ids):
+                self._touched.setdefault(table_name(f), []).append((i.detach(), distinct))
 
     def threshold(self, s: torch.Tensor) -> torch.Tensor:
         """g(s + offset)."""
@@ -273,25 +368,61 @@ class ThresholdEmbeddingProvider(EmbeddingProvider):
         )
 
     def _pooled_path(self, kjt: KeyedJaggedTensor) -> torch.Tensor:
-        """Single-valued features: S of each pooled row (= the row of the bag's one id), weighted. [B, G, K]."""
+        """Single-valued features: S of each pooled row (= the row of the bag's one id), weighted. [B, G, K].
+
+        While training, a batch whose distinct ids are few enough (``unique_fraction``) looks each distinct id
+        up, thresholds and back-propagates it once and expands the rows to the batch
+        (:mod:`~recdim.modules.unique_lookup`); otherwise every bag is looked up.
+        """
         assert self.ebc is not None
         batch, group = kjt.stride(), len(self.bag_features)
         check_single_valued(kjt.lengths(), self.bag_features, batch)
         weights = kjt.weights_or_none()
-        if weights is not None:
-            kjt = KeyedJaggedTensor(keys=kjt.keys(), values=kjt.values(), lengths=kjt.lengths(), stride=batch)
+        found = self._distinct_ids(kjt.values(), batch) if torch.is_grad_enabled() and self.training else None
+        if found is not None:
+            distinct, stride = found
+            kjt = KeyedJaggedTensor(
+                keys=kjt.keys(), values=distinct.ids, lengths=distinct.lengths(stride), stride=stride
+            )
+        else:
+            stride = batch
+            if weights is not None:
+                kjt = KeyedJaggedTensor(keys=kjt.keys(), values=kjt.values(), lengths=kjt.lengths(), stride=batch)
         kt = self.ebc(kjt)
-        rows = self.table_output(kt.values()).view(batch, group, -1)
+        rows = self.table_output(kt.values()).view(stride, group, -1)
         perm = self._key_permutation(kt)
-        if perm is not None:
+        expand = found[0].expand if found is not None else None
+        if perm is not None and expand is not None and self._paired:
+            # per-value thresholds do not care about the feature order: expand from the lookup's own columns
+            shift = torch.tensor(perm, device=rows.device) - torch.arange(group, device=rows.device)
+            expand = expand.view(batch, group).add(shift).view(-1)
+        elif perm is not None:
             rows = rows[:, perm]
         if self._paired:
             pruned = paired_soft_threshold(rows, self.threshold_offset, self.gate)
         else:
             pruned = self._prune(*self.thresholds.split_grouped(rows, self._bag_index))
+        if expand is not None:
+            pruned = pruned.reshape(-1, pruned.size(-1)).index_select(0, expand).view(batch, group, -1)
         if self.is_weighted and weights is not None:
             pruned = pruned * weights.view(group, batch).t().unsqueeze(-1)  # one weight per bag
         return pruned
+
+    def _distinct_ids(self, values: torch.Tensor, batch: int) -> Optional[Tuple[UniqueIds, int]]:
+        """The training batch's distinct ids and the stride of their lookup, or ``None`` to look every bag up
+        (they are not few enough; then the next ``DEDUP_PROBE_EVERY - 1`` batches are not even examined).
+        Records the touched ids either way."""
+        if self.unique_fraction <= 0 or self._probe_in > 0:
+            self._probe_in = max(0, self._probe_in - 1)
+            self._record(self.bag_features, values.split(batch), distinct=False)
+            return None
+        distinct = unique_ids(values, self._row_offsets(batch, values), batch, self._id_workspace(values.device))
+        self._record(self.bag_features, distinct.per_feature(), distinct=True)
+        stride = self._dedup_stride(distinct, values.numel())
+        if stride is None:
+            self._probe_in = DEDUP_PROBE_EVERY - 1
+            return None
+        return distinct, stride
 
     def _key_permutation(self, kt: KeyedTensor) -> Optional[List[int]]:
         """Columns that put the (possibly sharded) EBC's output keys in ``bag_features`` order."""
@@ -306,6 +437,8 @@ class ThresholdEmbeddingProvider(EmbeddingProvider):
     def _per_id_path(self, kjt: KeyedJaggedTensor) -> torch.Tensor:
         """Bags: S of every id's row, weighted, summed (or averaged) per bag. [B, G, K]."""
         assert self.ec is not None
+        if self._touched is not None and torch.is_grad_enabled() and self.training:
+            self._record(self.seq_features, kjt.values().split(kjt.length_per_key()), distinct=False)
         looked_up = self.ec(kjt)
         jts = [looked_up[name] for name in self.seq_features]
         counts = [jt.values().size(0) for jt in jts]
@@ -342,8 +475,9 @@ class ThresholdEmbeddingProvider(EmbeddingProvider):
     def count_kept(self, pieces: Sequence[Tuple[int, torch.Tensor, ColumnRange]]) -> torch.Tensor:
         """How many values of these local table shards survive the threshold.
 
-        Whole-width pieces are counted together (one concatenation, one pass: per-table passes would cost
-        more in dispatch than in arithmetic), column shards one by one.
+        With dense thresholds, whole-width pieces are counted together (one concatenation, one pass:
+        per-table passes would cost more in dispatch than in arithmetic), column shards one by one; with
+        thresholds in the table, piece by piece (no copy).
 
         Args:
             pieces: ``(feature index, local piece [r, columns_per_value * k], table columns)``.
@@ -357,20 +491,35 @@ class ThresholdEmbeddingProvider(EmbeddingProvider):
         """
         total = torch.zeros((), dtype=torch.int64, device=self.threshold_offset.device)
         width = self._embedding_dim * self.thresholds.columns_per_value
-        whole = [(f, piece) for f, piece, cols in pieces if tuple(cols) == (0, width)]
+        batched = self.thresholds.columns_per_value == 1
+        whole = [(f, piece) for f, piece, cols in pieces if batched and tuple(cols) == (0, width)]
         for f, piece, cols in pieces:
-            if tuple(cols) != (0, width):
-                total += self.keep_mask(f, piece, cols)[0].sum().to(total.device)
+            if not (batched and tuple(cols) == (0, width)):
+                total += torch.count_nonzero(self.keep_mask(f, piece, cols)[0]).to(total.device)
         if whole:
             rows = torch.cat([piece for _, piece in whole]) if len(whole) > 1 else whole[0][1]
             index = torch.tensor([f for f, _ in whole], dtype=torch.int64, device=rows.device)
             values, s = self.thresholds.split(rows, [piece.size(0) for _, piece in whole], index)
-            total += self._kept(values, s).sum().to(total.device)
+            total += torch.count_nonzero(self._kept(values, s)).to(total.device)
         return total
 
+    @property
+    def keyed_survival(self) -> bool:
+        """Whether survival is decided by :func:`~recdim.modules.soft_threshold.survival_keys` (thresholds
+        in the table and a gate with a known inverse): a value's key changes only when its row does."""
+        return self.thresholds.columns_per_value > 1 and self.gate in GATE_INVERSES
+
+    def survival_keys(self, values: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
+        """float64 keys of these values: they survive iff ``key > threshold_offset`` (see
+        :func:`~recdim.modules.soft_threshold.survival_keys`)."""
+        return survival_keys(values, s, self.gate)
+
     def _kept(self, values: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
-        """``S(V, g(s + offset)) != 0``, exactly: |V| - t > 0 iff |V| > t in IEEE arithmetic, and
-        sign(V) != 0 iff V != 0 (implied when the gate is known non-negative)."""
+        """``S(V, g(s + offset)) != 0``: by survival keys when :attr:`keyed_survival`, else directly:
+        |V| - t > 0 iff |V| > t in IEEE arithmetic, and sign(V) != 0 iff V != 0 (implied when the gate is
+        known non-negative)."""
+        if self.keyed_survival:
+            return self.survival_keys(values, s) > self.threshold_offset.to(torch.float64)
         kept = values.abs() > self.threshold(s)
         return kept if self._fused else kept & (values != 0)
 

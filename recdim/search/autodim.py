@@ -25,7 +25,7 @@ from recdim.config import Config, ModelConfig, PruneConfig
 from recdim.config.autodim import AutoDimConfig
 from recdim.data.loader import TrainLoader
 from recdim.data.prepared import PreparedDataset
-from recdim.layout.masks import mask_stats, prefix_masks
+from recdim.layout.masks import CR_TOLERANCE, kept_for_cr, mask_stats, prefix_masks
 from recdim.layout.pruned import PrunedModel
 from recdim.modules.candidate_dims import (
     CandidateDimsProvider,
@@ -40,6 +40,7 @@ from recdim.modules.candidate_dims import (
 )
 from recdim.modules.uniform import table_name
 from recdim.search.bilevel import BilevelConfig, BilevelHook
+from recdim.search.dims_at_budget import dims_at_budget
 from recdim.search.method import SearchedModel, SearchMethod
 from recdim.train.build import ProviderFactory
 from recdim.train.hooks import StepHook
@@ -253,25 +254,37 @@ class AutoDimMethod(SearchMethod):
         return dict(summary, method=self.name, arch_steps=self.hook.bilevel.arch_steps if self.hook else 0)
 
     def derive(self, searched: SearchedModel, prune: PruneConfig) -> List[PrunedModel]:
-        """One pruned model at the selected dimensions (``autodim_dims.json``): every row of a field keeps
-        the prefix of its dimension, so the rate is AutoDim's own whatever ``prune.crs`` asks. With
-        ``prune.init == "inherit"`` retraining starts from the searched prefix values, else fresh."""
-        dims = json.loads((searched.search_dir / "autodim_dims.json").read_text())["dims"]
+        """One pruned model per ``prune.crs``: every row of a field keeps the prefix of its dimension, the
+        highest-weighted candidate, stepped down where the budget needs it (:func:`dims_at_budget`); with no
+        ``prune.crs``, AutoDim's own choice at the rate it implies. With ``prune.init == "inherit"``
+        retraining starts from the searched prefix values, else fresh.
+
+        Raises:
+            ValueError: for a CR beyond what the smallest candidates allow.
+        """
+        arch = json.loads((searched.search_dir / "autodim_dims.json").read_text())
         K = searched.cfg.model.embedding_dim
-        selected = {f: int(dims[f]) for f in searched.features}
-        rows = {f: searched.dataset.schema[f].num_embeddings for f in searched.features}
-        masks = prefix_masks(rows, selected, K)
-        values = prefix_values(searched.tables, selected, K) if prune.init == "inherit" else None
-        return [
-            PrunedModel(
-                self.name,
-                mask_stats(masks)["cr"],
-                masks,
-                values,
-                None,
-                {"dims": dims, "init": "inherit prefix" if values is not None else "fresh"},
-            )
-        ]
+        features = searched.features
+        rows = {f: searched.dataset.schema[f].num_embeddings for f in features}
+        own = {f: int(arch["dims"][f]) for f in features}
+        targets: List[Optional[float]] = list(prune.crs) or [None]
+        out = []
+        for cr in targets:
+            dims = own
+            if cr is not None:
+                budget = kept_for_cr(sum(rows.values()) * K, cr)
+                try:
+                    dims = dims_at_budget(rows, arch["candidates"], arch["weights"], budget)
+                except ValueError as e:
+                    raise ValueError(f"{self.name}: CR {cr:g} cannot be produced: {e}") from None
+            masks = prefix_masks(rows, dims, K)
+            met = mask_stats(masks)["cr"]
+            if cr is not None and met < cr * (1 - CR_TOLERANCE):
+                raise ValueError(f"{self.name}: CR {cr:g} cannot be produced (the dims meet CR {met:.4g})")
+            values = prefix_values(searched.tables, dims, K) if prune.init == "inherit" else None
+            info = {"dims": dims, "own_dims": own, "init": "inherit prefix" if values is not None else "fresh"}
+            out.append(PrunedModel(self.name, met, masks, values, None, {**info, "cr": cr}, target=cr))
+        return out
 
 
 def prefix_values(tables: Mapping[str, torch.Tensor], dims: Mapping[str, int], K: int) -> Dict[str, torch.Tensor]:

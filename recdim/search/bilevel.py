@@ -4,22 +4,86 @@ The training loop updates Θ (tables through the fused optimizer, dense parts th
 batches; every ``update_every`` steps this hook takes one validation batch and updates the provider's
 architecture parameters (DNIS alpha, AutoDim weights) with their own Adam, with the tables frozen so the
 fused optimizer never sees a validation gradient.
+
+An architecture pass differentiates the validation loss with respect to the architecture parameters only
+(``torch.autograd.grad``, every other parameter out of the graph for that pass): no weight gradient is
+computed, and none reaches DDP, so the hook averages the architecture gradients over ranks itself, as
+DDP averages dense gradients. A provider whose architecture parameters have been taken out of training
+(:func:`exclude_from_training`, before sharding) also spares every training backward their gradient.
 """
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, Iterator, List, Optional
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence
 
 import torch
+import torch.distributed as dist
 from torch import nn
 from torchrec.datasets.utils import Batch
+from torchrec.optim.optimizers import in_backward_optimizer_filter
 
 from recdim.data.loader import TrainLoader
 from recdim.modules.provider import EmbeddingProvider
 from recdim.train.hooks import StepHook
 
 GradTransform = Callable[[List[nn.Parameter]], None]
+
+
+@contextlib.contextmanager
+def requires_grad_scope(enabled: Sequence[nn.Parameter], disabled: Sequence[nn.Parameter] = ()) -> Iterator[None]:
+    """Within this context ``enabled`` require grad and ``disabled`` do not; the flags are restored on exit.
+
+    Args:
+        enabled: parameters to differentiate.
+        disabled: parameters to keep out of the graph.
+
+    Example::
+
+        with requires_grad_scope([alpha], dense):
+            (g,) = torch.autograd.grad(loss_fn(), [alpha])
+    """
+    params = [*enabled, *disabled]
+    before = [p.requires_grad for p in params]
+    try:
+        for p in enabled:
+            p.requires_grad_(True)
+        for p in disabled:
+            p.requires_grad_(False)
+        yield
+    finally:
+        for p, flag in zip(params, before):
+            p.requires_grad_(flag)
+
+
+def exclude_from_training(provider: EmbeddingProvider) -> None:
+    """Takes the provider's architecture parameters out of training steps: they stop requiring grad, so the
+    training backward never computes their gradient, and DDP (built after this call) leaves them out.
+    :class:`BilevelHook` turns them back on for its architecture passes and averages their gradients over
+    ranks itself. Call before the model is sharded.
+
+    Example::
+
+        provider = SoftSelectionProvider(num, 16, plan)
+        exclude_from_training(provider)
+        dmp = shard_model(model_with(provider), cfg.train, ctx)
+    """
+    for p in provider.arch_parameters():
+        p.requires_grad_(False)
+
+
+def average_over_ranks(params: Sequence[nn.Parameter]) -> None:
+    """Replaces every ``p.grad`` by its mean over the default process group (one all-reduce; a no-op on one
+    rank). A parameter without a gradient joins as zeros, so every rank steps the same parameters."""
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return
+    grads = [torch.zeros_like(p) if p.grad is None else p.grad for p in params]
+    flat = torch.cat([g.reshape(-1) for g in grads])
+    dist.all_reduce(flat)
+    flat /= dist.get_world_size()
+    for p, g in zip(params, flat.split([g.numel() for g in grads])):
+        p.grad = g.view_as(p)
 
 
 @dataclass(frozen=True)
@@ -42,7 +106,8 @@ class BilevelHook(StepHook):
 
     Args:
         provider: the provider whose :meth:`~EmbeddingProvider.arch_parameters` are searched.
-        val_batches: a loader over the validation split (cycled, reshuffled every pass).
+        val_batches: a loader over the validation split (cycled, reshuffled every pass); None for a
+            subclass that takes its gradients from the training step.
         cfg: learning rate, frequency, warm start.
         grad_transform: rewrites the architecture gradients in place before the step (e.g. DNIS's
             row-wise normalisation and L1).
@@ -57,7 +122,7 @@ class BilevelHook(StepHook):
     def __init__(
         self,
         provider: EmbeddingProvider,
-        val_batches: TrainLoader,
+        val_batches: Optional[TrainLoader],
         cfg: BilevelConfig,
         grad_transform: Optional[GradTransform] = None,
         after_arch_step: Optional[Callable[[], None]] = None,
@@ -70,7 +135,8 @@ class BilevelHook(StepHook):
         self.cfg = cfg
         self.grad_transform = grad_transform
         self.after_arch_step = after_arch_step
-        self.optimizer = torch.optim.Adam(self.params, lr=cfg.arch_lr)
+        # foreach only pays off for several tensors (the single-tensor loop takes the same steps, bitwise).
+        self.optimizer = torch.optim.Adam(self.params, lr=cfg.arch_lr, foreach=len(self.params) > 1)
         # Materialise Adam's moments (zeros, step 0: the same first step as a fresh Adam) so that the
         # checkpoint template always has them and a resumed run reads the saved moments back.
         for p in self.params:
@@ -80,38 +146,65 @@ class BilevelHook(StepHook):
                 "exp_avg_sq": torch.zeros_like(p, memory_format=torch.preserve_format),
             }
         self._pass = 0
+        self._drawn = 0  # batches drawn from the current validation pass
         self._iter: Iterator[Batch] = iter(())
         self.arch_steps = 0
+        self._frozen: Optional[List[nn.Parameter]] = None
 
     def next_val_batch(self) -> Batch:
+        assert self.val_batches is not None, "this hook takes no validation batches"
         try:
-            return next(self._iter)
+            batch = next(self._iter)
         except StopIteration:
             self._iter = self.val_batches.epoch(self._pass)
             self._pass += 1
-            return next(self._iter)
+            self._drawn = 0
+            batch = next(self._iter)
+        self._drawn += 1
+        return batch
+
+    def other_parameters(self, model: nn.Module) -> List[nn.Parameter]:
+        """``model``'s parameters that require grad, outside the fused optimizer and the architecture
+        parameters (found once): what an architecture pass keeps out of the graph."""
+        if self._frozen is None:
+            arch = {id(p) for p in self.params}
+            named = in_backward_optimizer_filter(model.named_parameters(), include=False)
+            self._frozen = [p for _, p in named if p.requires_grad and id(p) not in arch]
+        return self._frozen
 
     def arch_gradient(self, trainer: Any, batch: Batch) -> None:
-        """Fills ``p.grad`` of the architecture parameters with ∇_arch L_val (first order)."""
-        with self.provider.frozen_tables():
+        """Sets ``p.grad`` of the architecture parameters to ∇_arch L_val on this rank's part of ``batch``
+        (first order). Only that gradient is computed: the tables are frozen and the other parameters are
+        out of the graph for this pass."""
+        with requires_grad_scope(self.params, self.other_parameters(trainer.model)), self.provider.frozen_tables():
             loss = trainer.loss(batch)
-        loss.backward()
+            grads = torch.autograd.grad(loss, self.params, allow_unused=True)
+        for p, g in zip(self.params, grads):
+            p.grad = g
 
-    def after_step(self, trainer: Any, step: int, batch: Batch) -> None:
-        if trainer.epoch < self.cfg.warm_start_epochs or step % self.cfg.update_every:
-            return
-        trainer.optimizer.zero_grad()
-        self.optimizer.zero_grad()
-        trainer.model.train()
-        self.arch_gradient(trainer, self.next_val_batch())
+    def due(self, trainer: Any, step: int) -> bool:
+        """Whether ``step`` takes an architecture step (past the warm start, every ``update_every`` steps)."""
+        return trainer.epoch >= self.cfg.warm_start_epochs and step % self.cfg.update_every == 0
+
+    def arch_step(self) -> None:
+        """One step from the gradients in ``p.grad``: transform, Adam, then ``after_arch_step``."""
         if self.grad_transform is not None:
             self.grad_transform(self.params)
         self.optimizer.step()
-        trainer.optimizer.zero_grad()
         self.arch_steps += 1
         if self.after_arch_step is not None:
             with torch.no_grad():
                 self.after_arch_step()
+
+    def after_step(self, trainer: Any, step: int, batch: Batch) -> None:
+        if not self.due(trainer, step):
+            return
+        self.optimizer.zero_grad()
+        trainer.model.train()
+        self.arch_gradient(trainer, self.next_val_batch())
+        average_over_ranks(self.params)
+        self.arch_step()
+        self.optimizer.zero_grad()  # no validation gradient left for the training steps
 
     def state(self) -> Dict[str, Any]:
         return {"arch_steps": self.arch_steps}
@@ -119,10 +212,18 @@ class BilevelHook(StepHook):
     def state_dict(self) -> Dict[str, Any]:
         """Architecture optimizer state and counters, saved in checkpoints (the parameters themselves
         live in the model)."""
-        return {"optimizer": self.optimizer.state_dict(), "arch_steps": self.arch_steps, "val_pass": self._pass}
+        return {
+            "optimizer": self.optimizer.state_dict(),
+            "arch_steps": self.arch_steps,
+            "val_pass": self._pass,
+            "val_drawn": self._drawn,
+        }
 
     def load_state_dict(self, state: Dict[str, Any]) -> None:
         self.optimizer.load_state_dict(state["optimizer"])
         self.arch_steps = int(state["arch_steps"])
         self._pass = int(state["val_pass"])
-        self._iter = iter(())
+        self._drawn = int(state.get("val_drawn", 0))
+        # Continue the validation pass where it was (batches are a pure function of seed, pass, step).
+        in_pass = self._pass > 0 and self.val_batches is not None
+        self._iter = self.val_batches.epoch(self._pass - 1, self._drawn) if in_pass else iter(())

@@ -6,7 +6,10 @@ steps an architecture step updates alpha with Adam (lr 0.01) on a validation bat
 normalised per block row, ``g / (mean|g| + 1e-7)`` (DNIS eq. 8 / AutoSrh eq. 14), an optional L1 term is
 added, and alpha is clipped to [0, 1] after the step.
 
-The gradient is first-order by default (∇_α L_val with Θ fixed). The second-order option uses the unrolled
+The gradient is first-order by default (∇_α L_val with Θ fixed); alpha requires grad only inside these
+architecture passes (:func:`~recdim.search.bilevel.exclude_from_training`), so training steps never compute
+its gradient. The single-level option (``DNISConfig.single_level``) skips the validation pass and steps alpha
+on ∇_α L_train, the gradient the training step's own backward computes. The second-order option uses the unrolled
 gradient (DNIS eq. 7 / AutoSrh eq. 13, as in DARTS)::
 
     ∇_α L_val(Θ', α) − ∇²_{α,Θ} L_train(Θ, α) · Ξ ∇_{Θ'} L_val(Θ', α),     Θ' = Θ − Ξ ∇_Θ L_train(Θ, α)
@@ -48,11 +51,10 @@ from recdim.data.loader import TrainLoader
 from recdim.data.prepared import PreparedDataset
 from recdim.data.schema import FieldKind
 from recdim.layout.blocks import BlockPlan, make_block_plan
-from recdim.layout.masks import magnitude_masks, mask_stats
-from recdim.layout.pruned import PrunedModel
+from recdim.layout.pruned import PrunedModel, magnitude_pruned
 from recdim.modules.soft_selection import BlockSplitPooling, SequenceScaling, SoftSelectionProvider
 from recdim.modules.table_init import TABLE_PARAM
-from recdim.search.bilevel import BilevelConfig, BilevelHook
+from recdim.search.bilevel import BilevelConfig, BilevelHook, exclude_from_training, requires_grad_scope
 from recdim.search.method import SearchedModel, SearchMethod
 from recdim.train.build import ProviderFactory
 
@@ -200,7 +202,7 @@ class DNISHook(BilevelHook):
         session.trainer.hooks.append(DNISHook(provider, val_loader, DNISConfig()))
     """
 
-    def __init__(self, provider: SoftSelectionProvider, val_batches: TrainLoader, cfg: DNISConfig) -> None:
+    def __init__(self, provider: SoftSelectionProvider, val_batches: Optional[TrainLoader], cfg: DNISConfig) -> None:
         bilevel = BilevelConfig(
             arch_lr=cfg.arch_lr, update_every=cfg.update_every, warm_start_epochs=cfg.warm_start_epochs
         )
@@ -217,6 +219,36 @@ class DNISHook(BilevelHook):
             "alpha_mean": float(alpha.mean()),
             "alpha_zero_fraction": float((alpha == 0).float().mean()),
         }
+
+
+class SingleLevelDNISHook(DNISHook):
+    """First-order single-level DNIS: each alpha step uses ∇_α L_train of the batch just trained on, the
+    gradient the training step's backward left in ``alpha.grad`` (averaged over ranks by DDP), with no
+    validation pass; then the same row-wise normalisation, L1, Adam and clipping as :class:`DNISHook`.
+
+    alpha must require grad in training steps (the provider built without
+    :func:`~recdim.search.bilevel.exclude_from_training`), so with ``update_every`` > 1 its gradient is also
+    computed, and dropped, on the steps in between (DDP's static graph needs the same parameters to take a
+    gradient every step).
+
+    Args:
+        provider: the soft-selection provider.
+        cfg: DNIS settings.
+
+    Example::
+
+        session.trainer.hooks.append(SingleLevelDNISHook(provider, DNISConfig(single_level=True)))
+    """
+
+    def __init__(self, provider: SoftSelectionProvider, cfg: DNISConfig) -> None:
+        super().__init__(provider, None, cfg)
+        if not all(p.requires_grad for p in self.params):
+            raise ValueError("single-level DNIS needs alpha to require grad in training steps")
+
+    def after_step(self, trainer: Any, step: int, batch: Batch) -> None:
+        if self.due(trainer, step) and all(p.grad is not None for p in self.params):
+            self.arch_step()
+        self.optimizer.zero_grad()  # the next training backward writes a fresh gradient
 
 
 class UnrolledDNISHook(DNISHook):
@@ -260,9 +292,10 @@ class UnrolledDNISHook(DNISHook):
             return closure
 
         xi = [self.embedding_lr if TABLE_PARAM.search(k) else self.lr for k, _ in named]
-        grads = unrolled_arch_grad(
-            self.params, [p for _, p in named], loss_on(train_batch), loss_on(batch), xi, self.dnis.fd_epsilon
-        )
+        with requires_grad_scope(self.params):
+            grads = unrolled_arch_grad(
+                self.params, [p for _, p in named], loss_on(train_batch), loss_on(batch), xi, self.dnis.fd_epsilon
+            )
         for p, g in zip(self.params, grads):
             p.grad = g
 
@@ -363,15 +396,25 @@ class DNISMethod(SearchMethod):
         paths = {f: bag_path() for f in features if dataset.schema[f].kind == FieldKind.MULTI_CATEGORICAL}
         self.plan, self.occurrences = plan, block_occurrences(plan, counts)
 
+        single_level = self.dnis.single_level
+
         def factory(
             cfg: ModelConfig, num_embeddings: Dict[str, int], weighted: bool, device: torch.device
         ) -> SoftSelectionProvider:
-            return SoftSelectionProvider(num_embeddings, cfg.embedding_dim, plan, paths, cfg.pooling, weighted, device)
+            provider = SoftSelectionProvider(
+                num_embeddings, cfg.embedding_dim, plan, paths, cfg.pooling, weighted, device
+            )
+            if not single_level:  # alpha's gradient comes from the hook's architecture passes only
+                exclude_from_training(provider)
+            return provider
 
         return factory
 
     def hooks(self, session: Any) -> List[DNISHook]:
         provider = session.model.provider
+        if self.dnis.single_level:
+            self.hook = SingleLevelDNISHook(provider, self.dnis)
+            return [self.hook]
         val, ctx, train = session.splits["val"], session.ctx, session.cfg.train
         batch = min(train.batch_size, len(val) // ctx.world_size * ctx.world_size)
         if batch < ctx.world_size:
@@ -405,22 +448,7 @@ class DNISMethod(SearchMethod):
         ``prune.eps``); retraining starts from the searched values with alpha folded in and the searched arch
         unless ``prune.init == "fresh"``."""
         eff = searched.provider.effective_weights(searched.tables)
-        budgets = [("eps", prune.eps)] if prune.eps > 0 else [("cr", c) for c in prune.crs]
-        fresh = prune.init == "fresh"
-        out = []
-        for kind, b in budgets:
-            masks = magnitude_masks(eff, cr=b) if kind == "cr" else magnitude_masks(eff, eps=b)
-            out.append(
-                PrunedModel(
-                    self.name,
-                    mask_stats(masks)["cr"],
-                    masks,
-                    None if fresh else eff,
-                    None if fresh else searched.arch_state,
-                    {kind: b, "init": "fresh" if fresh else "searched values, alpha folded in"},
-                )
-            )
-        return out
+        return magnitude_pruned(self.name, eff, prune, eff, searched.arch_state, "searched values, alpha folded in")
 
 
 class AutoSrhMethod(DNISMethod):

@@ -12,8 +12,7 @@ from typing import List, Sequence
 
 from recdim.config import PruneConfig
 from recdim.data.prepared import PreparedDataset
-from recdim.layout.masks import magnitude_masks, mask_stats
-from recdim.layout.pruned import PrunedModel
+from recdim.layout.pruned import PrunedModel, magnitude_pruned
 from recdim.modules.uniform import table_name
 from recdim.search.method import SearchedModel, SearchMethod
 from recdim.train.build import ProviderFactory, uniform_provider
@@ -39,19 +38,4 @@ class MagnitudeMethod(SearchMethod):
 
     def derive(self, searched: SearchedModel, prune: PruneConfig) -> List[PrunedModel]:
         tables = {f: searched.tables[table_name(f)] for f in searched.features}
-        budgets = [("eps", prune.eps)] if prune.eps > 0 else [("cr", c) for c in prune.crs]
-        fresh = prune.init == "fresh"
-        out = []
-        for kind, b in budgets:
-            masks = magnitude_masks(tables, cr=b) if kind == "cr" else magnitude_masks(tables, eps=b)
-            out.append(
-                PrunedModel(
-                    self.name,
-                    mask_stats(masks)["cr"],
-                    masks,
-                    None if fresh else tables,
-                    None if fresh else searched.arch_state,
-                    {kind: b, "init": "fresh" if fresh else "trained uniform values"},
-                )
-            )
-        return out
+        return magnitude_pruned(self.name, tables, prune, tables, searched.arch_state, "trained uniform values")

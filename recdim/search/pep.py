@@ -44,11 +44,12 @@ from recdim.config import Config, ModelConfig, PruneConfig
 from recdim.config.pep import PEPConfig
 from recdim.data.prepared import PreparedDataset
 from recdim.data.schema import FieldKind
-from recdim.layout.masks import mask_stats
+from recdim.layout.masks import check_met_cr, mask_stats
 from recdim.layout.pruned import PrunedModel
 from recdim.modules.table_init import table_rows
 from recdim.modules.threshold import GATES, ThresholdEmbeddingProvider, make_thresholds
 from recdim.modules.uniform import table_name
+from recdim.search.kept_counter import KeptCounter, fused_sparse_tables
 from recdim.search.method import SearchedModel, SearchMethod, with_search
 from recdim.search.pep_tables import (
     count_nonzeros,
@@ -166,7 +167,8 @@ def pressures(cfg: PEPConfig, planned_steps: int) -> List[ThresholdPressure]:
 @dataclass
 class Snapshot:
     """The masks kept when the non-zero count first fell to ``budget`` (bit-packed along K, the same on
-    every rank so that checkpoints hold them), with the ramp offset in force then."""
+    every rank so that checkpoints hold them), with the offset that met the budget exactly; ``forced``
+    when training ended first and the offset alone reached it."""
 
     budget: float
     step: int
@@ -174,6 +176,7 @@ class Snapshot:
     total: int
     offset: float
     packed: Dict[str, np.ndarray]
+    forced: bool = False
 
     def masks(self, embedding_dim: int) -> Dict[str, torch.Tensor]:
         """The masks as ``{table: bool [N, K]}``."""
@@ -191,6 +194,7 @@ class Snapshot:
             "keep_fraction": self.nnz / self.total,
             "compression_rate": self.total / max(1, self.nnz),
             "threshold_offset": self.offset,
+            "forced": self.forced,
         }
 
 
@@ -244,19 +248,84 @@ class PEPHook(StepHook):
 
     def check(self, step: int) -> List[float]:
         """Counts non-zeros (collective) and snapshots every budget newly reached; returns those budgets."""
-        nnz, total = count_nonzeros(self.provider)
+        nnz, total = self.count(step)
         self.last_count = (nnz, total)
         crossed = [b for b in self.pending if nnz <= b * total]
-        if crossed:
-            masks = gather_masks(self.provider)
-            packed = [None if masks is None else {k: np.packbits(v.numpy(), axis=1) for k, v in masks.items()}]
-            if rank_and_world()[1] > 1:
-                dist.broadcast_object_list(packed, src=0)
-            offset = float(self.provider.threshold_offset)
-            for b in crossed:
-                self.snapshots.append(Snapshot(b, step, nnz, total, offset, packed[0]))
-                self.pending.remove(b)
+        for b in crossed:
+            self.snapshot(b, step, total)
+        if not self.pending:
+            self.provider.track_touched(False)
         return crossed
+
+    def count(self, step: int) -> Tuple[int, int]:
+        """``(surviving values, all values)`` after ``step`` (collective), the same as
+        :func:`count_nonzeros`: kept up to date from the rows each step touched (:class:`KeptCounter`) when
+        the thresholds live in tables trained by a fused sparse optimizer, else counted over every table."""
+        counter = self.__dict__.get("_counter")
+        if counter is None:
+            usable = self.provider.keyed_survival and fused_sparse_tables(self.provider)
+            counter = self._counter = KeptCounter(self.provider) if usable else False
+        if counter is False:
+            return count_nonzeros(self.provider)
+        offset = float(self.provider.threshold_offset)
+        return counter.count(offset, upcoming_offsets(self.pressures, step, self.check_every, offset))
+
+    def snapshot(self, budget: float, step: int, total: int, forced: bool = False) -> Snapshot:
+        """Keeps the masks of ``budget`` at exactly ``round(budget * total)`` surviving values (up to ties):
+        the smallest extra offset on every threshold that brings the count there, found by bisection on the
+        current values (collective counts), is applied for the snapshot only; training goes on at the ramp's
+        own offset. ``forced``: the budget was not reached by training (see :meth:`reach_pending`).
+
+        Raises:
+            ValueError: when no offset reaches the budget (too many values at or above the gate's largest
+                threshold).
+        """
+        target = int(round(budget * total))
+        ramp = float(self.provider.threshold_offset)
+        nnz_at = self._count_at
+        lo, hi = ramp - 64.0, ramp
+        while nnz_at(hi) > target:
+            if hi - ramp > 1e4:
+                self.provider.threshold_offset.fill_(ramp)
+                raise ValueError(
+                    f"PEP budget {budget:g} cannot be reached: more than {target:,} of {total:,} values stay above "
+                    "the gate's largest threshold"
+                )
+            lo, hi = hi, hi + 2.0 * (hi - lo)
+        if nnz_at(lo) <= target:
+            hi = lo  # the budget holds even with (almost) no threshold: the rest are exact zeros
+        while hi - lo > 1e-12 * max(1.0, abs(hi)):
+            mid = 0.5 * (lo + hi)
+            if nnz_at(mid) > target:
+                lo = mid
+            else:
+                hi = mid
+        nnz = nnz_at(hi)
+        masks = gather_masks(self.provider)
+        self.provider.threshold_offset.fill_(ramp)
+        packed = [None if masks is None else {k: np.packbits(v.numpy(), axis=1) for k, v in masks.items()}]
+        if rank_and_world()[1] > 1:
+            dist.broadcast_object_list(packed, src=0)
+        snap = Snapshot(budget, step, nnz, total, hi, packed[0], forced)
+        self.snapshots.append(snap)
+        self.pending.remove(budget)
+        return snap
+
+    def _count_at(self, offset: float) -> int:
+        self.provider.threshold_offset.fill_(offset)
+        return count_nonzeros(self.provider)[0]
+
+    def reach_pending(self, step: int) -> List[Snapshot]:
+        """Snapshots every budget training did not reach, by raising the offset on the final values (no
+        further training); each is marked ``forced``. Collective. Returns the new snapshots."""
+        if not self.pending:
+            return []
+        _, total = count_nonzeros(self.provider)
+        out = []
+        for b in list(self.pending):
+            log.warning("PEP search ended before budget %g; raising every threshold to reach it", b)
+            out.append(self.snapshot(b, step, total, forced=True))
+        return out
 
     def should_stop(self, trainer: Any) -> bool:
         return not self.pending
@@ -303,6 +372,31 @@ class PEPHook(StepHook):
                 "pending_budgets": list(self.pending),
             }
         }
+
+
+def upcoming_offsets(
+    pressures: Sequence[ThresholdPressure], step: int, every: int, offset: float
+) -> Optional[Callable[[int], List[float]]]:
+    """``n -> the threshold offsets (float32 values) of the next n checks`` after ``step``, every ``every``
+    steps, when the pressures make them known: constant (``offset``) when none moves the offset, the last
+    :class:`LinearRamp`'s schedule when only ramps do; ``None`` otherwise.
+
+    Example::
+
+        upcoming_offsets([LinearRamp(0.25)], step=4, every=2, offset=1.0)(3)   # [1.5, 2.0, 2.5]
+    """
+    movers = [p for p in pressures if type(p).after_step is not ThresholdPressure.after_step]
+    if not movers:
+        return lambda n: [offset] * n
+    if not all(isinstance(p, LinearRamp) for p in movers):
+        return None
+    ramp = movers[-1]
+
+    def ahead(n: int) -> List[float]:
+        steps = step + every * np.arange(1, n + 1, dtype=np.int64)
+        return (ramp.rate * np.maximum(0, steps - ramp.start)).astype(np.float32).astype(np.float64).tolist()
+
+    return ahead
 
 
 def build_threshold_provider(
@@ -372,6 +466,7 @@ class PEPMethod(SearchMethod):
     def __init__(self, cfg: Config, pep: Optional[PEPConfig] = None) -> None:
         super().__init__(cfg)
         self.pep = pep if pep is not None else pep_section(cfg)
+        self.budgets = search_budgets(self.pep, cfg.prune.crs)
         self.hook: Optional[PEPHook] = None
 
     def at_budget(self, cr: float) -> Config:
@@ -403,11 +498,13 @@ class PEPMethod(SearchMethod):
             # budgets are reached. The run ends at the last budget (or after train.epochs) instead.
             log.warning("PEP search: train.patience = %d ignored (training runs to the last budget)", train.patience)
             session.trainer.cfg = dataclasses.replace(train, patience=0)
-        self.hook = PEPHook(provider, self.pep.budgets, pressures(self.pep, planned), self.pep.check_every)
+        self.hook = PEPHook(provider, self.budgets, pressures(self.pep, planned), self.pep.check_every)
         return [self.hook]
 
     def save(self, session: Any, out_dir: Path) -> Dict[str, Any]:
         provider = session.model.provider
+        if self.hook is not None:
+            self.hook.reach_pending(session.trainer.global_step)  # collective
         thresholds = gather_thresholds(provider)  # collective: every rank calls it
         snapshots = self.hook.snapshots if self.hook is not None else []
         summary: Dict[str, Any] = {
@@ -432,39 +529,53 @@ class PEPMethod(SearchMethod):
         return summary
 
     def derive(self, searched: SearchedModel, prune: PruneConfig) -> List[PrunedModel]:
-        """One pruned model per budget snapshot the search reached (``snapshots.json``). Retraining starts
-        from the initial values under the mask (the lottery ticket) by default, from the searched values
-        ``S(V, s)`` and arch with ``prune.init == "inherit"``, or fresh."""
+        """One pruned model per ``prune.crs``, from the snapshot of budget ``1 / cr`` (``snapshots.json``).
+        Retraining starts from the initial values under the mask (the lottery ticket) by default, from the
+        searched values ``S(V, s)`` and arch with ``prune.init == "inherit"``, or fresh.
+
+        Raises:
+            ValueError: naming a CR whose budget the search did not have, or whose snapshot misses it.
+        """
         path = searched.search_dir / "snapshots.json"
         snaps = json.loads(path.read_text()).get("snapshots", [])
-        if not snaps:
-            raise ValueError(f"{path}: PEP reached none of its budgets; train longer or raise pep.budgets")
+        by_budget = {round(float(s["budget"]), 9): s for s in snaps}
         out = []
-        for snap in snaps:
+        for cr in prune.crs:
+            snap = by_budget.get(round(min(0.999, 1.0 / cr), 9))
+            if snap is None:
+                have = ", ".join(f"{b:g} (CR {1 / b:.4g})" for b in sorted(by_budget, reverse=True)) or "none"
+                raise ValueError(
+                    f"{path}: CR {cr:g} needs PEP budget {1 / cr:g}; the search kept budgets: {have}. "
+                    "Search again with that budget (search.pep.budgets, or leave it empty to follow prune.crs)"
+                )
             saved = load_file(str(searched.search_dir / snap["file"]))
             masks = {f: saved[table_name(f)] for f in searched.features}
+            met = mask_stats(masks)["cr"]
+            check_met_cr(cr, met, f"{self.name} ({path})")
             if prune.init == "inherit":
                 values, arch = searched.provider.effective_weights(searched.tables), searched.arch_state
                 rule = "searched values S(V, s)"
             elif prune.init == "fresh":
                 values, arch, rule = None, None, "fresh"
             else:
-                values, arch, rule = (
-                    initial_values(searched.cfg, searched.provider, searched.features),
-                    None,
-                    "lottery ticket: initial values",
-                )
-            out.append(
-                PrunedModel(
-                    self.name,
-                    mask_stats(masks)["cr"],
-                    masks,
-                    values,
-                    arch,
-                    {"budget": snap["budget"], "step": snap["step"], "init": rule},
-                )
-            )
+                values, arch = initial_values(searched.cfg, searched.provider, searched.features), None
+                rule = "lottery ticket: initial values"
+            info = {"cr": cr, "budget": snap["budget"], "step": snap["step"], "forced": snap.get("forced", False)}
+            out.append(PrunedModel(self.name, met, masks, values, arch, {**info, "init": rule}, target=cr))
         return out
+
+
+def search_budgets(pep: PEPConfig, crs: Sequence[float]) -> Tuple[float, ...]:
+    """The kept fractions the search snapshots: ``pep.budgets``, or ``1 / cr`` for each of ``crs``.
+
+    Example::
+
+        search_budgets(PEPConfig(), (2.0, 4.0))   # (0.5, 0.25)
+    """
+    budgets = tuple(pep.budgets) or tuple(min(0.999, 1.0 / c) for c in crs)
+    if not budgets:
+        raise ValueError("PEP needs budgets: set search.pep.budgets or prune.crs")
+    return budgets
 
 
 def initial_values(

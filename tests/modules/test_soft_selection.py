@@ -133,6 +133,33 @@ def test_unsharded_matches_per_id_reference(scheme, L, pooling, weighted, paths)
     assert all(table_weight(provider, f).grad is None for f in NUM)
 
 
+@pytest.mark.parametrize("full", [True, False])
+@pytest.mark.parametrize("scheme,L,pooling,weighted", CASES)
+def test_single_valued_features_only_match_per_id_reference(scheme, L, pooling, weighted, full):
+    """Every feature on the per-id path: one id in every bag (``full``, the one-lookup fast path) or bags of
+    0 or 1 id (empty bags read id 0 of the alpha table; their pooled row is zero)."""
+    B = 9
+    plan = make_plan(scheme, L)
+    provider = SoftSelectionProvider(NUM, K, plan, pooling=pooling, is_weighted=weighted)
+    with torch.no_grad():
+        provider.alpha.uniform_(0, 1, generator=torch.Generator().manual_seed(0))
+    g = np.random.default_rng(4)
+    bags = {f: [g.integers(0, n, 1 if full else g.integers(0, 2)).tolist() for _ in range(B)] for f, n in NUM.items()}
+    bags["w"][-1] = [NUM["w"] - 1] if full else []  # the last id of the last table / an empty last bag
+    weights = {f: [g.uniform(0.5, 2, len(b)).tolist() for b in bags[f]] for f in NUM} if weighted else None
+    grad_out = torch.randn(B, len(NUM) * K, generator=torch.Generator().manual_seed(1))
+    kt = provider(make_kjt(bags, slice(None), weights))
+    (kt.values() * grad_out).sum().backward()
+    tables = {f: table_weight(provider, f).detach().clone().requires_grad_() for f in NUM}
+    alpha = provider.alpha.detach().clone().requires_grad_()
+    ref = reference(tables, alpha, plan, bags, pooling, weights)
+    (ref * grad_out).sum().backward()
+    torch.testing.assert_close(kt.values(), ref, **TOL)
+    torch.testing.assert_close(provider.alpha.grad, alpha.grad, **TOL)
+    for f in NUM:
+        torch.testing.assert_close(table_weight(provider, f).grad, tables[f].grad, **TOL, msg=f)
+
+
 def test_single_valued_path_rejects_bags_and_reports_sizes():
     plan = make_plan("global", 3)
     provider = SoftSelectionProvider(NUM, K, plan, {"tags": BlockSplitPooling()})

@@ -16,6 +16,7 @@ from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 from recdim.config import TrainConfig
 from recdim.modules.table_init import init_tables, local_pieces, table_rows, table_state
 from recdim.modules.threshold import (
+    UNIQUE_FRACTION,
     FeatureDimensionThreshold,
     ThresholdEmbeddingProvider,
     make_thresholds,
@@ -131,10 +132,19 @@ def make_provider(
     weighted: bool = False,
     layout: str = "per_id",
     gate: Callable[[torch.Tensor], torch.Tensor] = torch.sigmoid,
+    unique_fraction: float = UNIQUE_FRACTION,
 ) -> ThresholdEmbeddingProvider:
     thresholds = make_thresholds(granularity, FEATURES, K, -3.0)
     return ThresholdEmbeddingProvider(
-        NUM, K, thresholds, gate, pooling=pooling, is_weighted=weighted, device=device, single_valued=SINGLE[layout]
+        NUM,
+        K,
+        thresholds,
+        gate,
+        pooling=pooling,
+        is_weighted=weighted,
+        device=device,
+        single_valued=SINGLE[layout],
+        unique_fraction=unique_fraction,
     )
 
 
@@ -154,12 +164,15 @@ def test_pooling_basics() -> None:
     assert pool_rows(rows, torch.ones(4, dtype=torch.int32)) is rows  # single-valued fast path
 
 
+@pytest.mark.parametrize("unique_fraction", [0.0, 1.0])
 @pytest.mark.parametrize("layout", list(SINGLE))
 @pytest.mark.parametrize("pooling", ["sum", "mean"])
 @pytest.mark.parametrize("granularity", GRANULARITIES)
-def test_matches_reference_unsharded(granularity: str, pooling: str, layout: str) -> None:
+def test_matches_reference_unsharded(granularity: str, pooling: str, layout: str, unique_fraction: float) -> None:
+    """Every path: per id, pooled with every bag looked up (``unique_fraction`` 0), pooled once per distinct
+    id (1: the batch's repeated ids are looked up, thresholded and back-propagated once)."""
     weighted = granularity != "dimension" and pooling == "sum"
-    provider = make_provider(granularity, pooling, weighted=weighted, layout=layout)
+    provider = make_provider(granularity, pooling, weighted=weighted, layout=layout, unique_fraction=unique_fraction)
     init_tables(provider, SEED, STD, fill=fill)
     set_dense_s(provider, granularity)
     bags = make_bags(6, seed=1)
@@ -186,10 +199,13 @@ def test_matches_reference_unsharded(granularity: str, pooling: str, layout: str
     assert 0.0 < float((ref == 0).float().mean()) < 0.9
 
 
-DIST_CASES = [(g, "sum", layout, False) for layout in SINGLE for g in GRANULARITIES] + [
-    ("dimension", "mean", "per_id", False),
-    ("dimension", "mean", "mixed", False),
-    ("feature_dimension", "sum", "mixed", True),
+DIST_CASES = [(g, "sum", layout, False, UNIQUE_FRACTION) for layout in SINGLE for g in GRANULARITIES] + [
+    ("dimension", "mean", "per_id", False, UNIQUE_FRACTION),
+    ("dimension", "mean", "mixed", False, UNIQUE_FRACTION),
+    ("feature_dimension", "sum", "mixed", True, UNIQUE_FRACTION),
+    # once per distinct id: the ranks agree on one stride for the sharded lookup
+    ("feature_dimension", "sum", "mixed", True, 1.0),
+    ("feature", "mean", "mixed", False, 1.0),
 ]
 
 
@@ -204,8 +220,10 @@ def _dist_cases(rank: int, world: int) -> List[Dict[str, object]]:
     r = torch.randn(8, F * K, generator=torch.Generator().manual_seed(6))
     lo, hi = rank * 4, rank * 4 + 4
     results = []
-    for granularity, pooling, layout, weighted in DIST_CASES:
-        provider = make_provider(granularity, pooling, device=torch.device("meta"), weighted=weighted, layout=layout)
+    for granularity, pooling, layout, weighted, unique_fraction in DIST_CASES:
+        provider = make_provider(
+            granularity, pooling, torch.device("meta"), weighted, layout, unique_fraction=unique_fraction
+        )
         cfg = TrainConfig(embedding_optimizer="sgd", embedding_lr=LR, sharding="table_wise", device="cpu")
         dmp = shard_model(provider, cfg, ctx)
         init_tables(dmp, SEED, STD, fill=fill)
@@ -229,7 +247,7 @@ def test_matches_reference_sharded_two_ranks() -> None:
     bags = make_bags(8, seed=5)
     weights = make_weights(bags, seed=7)
     r = torch.randn(8, F * K, generator=torch.Generator().manual_seed(6))
-    for case, (granularity, pooling, layout, weighted) in enumerate(DIST_CASES):
+    for case, (granularity, pooling, layout, weighted, _) in enumerate(DIST_CASES):
         provider = make_provider(granularity, pooling, device=torch.device("meta"), layout=layout)
         tables = full_tables(provider)
         s = dense_s(granularity)
@@ -370,3 +388,81 @@ def test_effective_weights_are_single_id_outputs_mixed(granularity: str) -> None
     out = provider(to_kjt(bags, 0, n)).to_dict()
     for f, rows in NUM.items():
         torch.testing.assert_close(out[f][:rows], eff[f], rtol=0, atol=1e-6)
+
+
+def dense_reference(
+    v: Dict[str, torch.Tensor], s: Dict[str, torch.Tensor], bags: Bags, offset: float, mean: bool
+) -> torch.Tensor:
+    """Per bag, with dense V and s tensors: sum (or mean) of sign(V) relu(|V| - sigmoid(s + offset))."""
+    out = []
+    for f in FEATURES:
+        rows = []
+        for bag in bags[f]:
+            acc = torch.zeros(K)
+            for i in bag:
+                acc = acc + torch.sign(v[f][i]) * torch.relu(v[f][i].abs() - torch.sigmoid(s[f][i] + offset))
+            rows.append(acc / len(bag) if mean and bag else acc)
+        out.append(torch.stack(rows))
+    return torch.cat(out, dim=1)
+
+
+@pytest.mark.parametrize("optimizer", ["rowwise_adagrad", "sgd"])
+@pytest.mark.parametrize("unique_fraction", [0.0, 1.0])
+@pytest.mark.parametrize("layout", list(SINGLE))
+def test_training_trajectory_matches_dense_reference(layout: str, unique_fraction: float, optimizer: str) -> None:
+    """Five fused training steps of the table layout ([V0, s0, V1, s1, ...] rows, one lookup, the fused
+    optimizer updating V and s in the backward) under a moving offset, against dense V and s tensors
+    trained by the same update written out (row-wise Adagrad: one accumulator per table row, the row's
+    values and thresholds together; or SGD). Values and thresholds agree to float32 tolerance (rtol 1e-4,
+    atol 1e-6) after every step, and so does the survivor count (exactly, but for values within 1e-5 of
+    their threshold)."""
+    from recdim.train.distributed import init_distributed, shard_model
+
+    lr = 0.05 if optimizer == "rowwise_adagrad" else LR
+    provider = make_provider(
+        "feature_dimension", "mean", torch.device("meta"), layout=layout, unique_fraction=unique_fraction
+    )
+    cfg = TrainConfig(embedding_optimizer=optimizer, embedding_lr=lr, sharding="table_wise", device="cpu")
+    dmp = shard_model(provider, cfg, init_distributed("cpu"))
+    init_tables(dmp, SEED, STD, fill=fill)
+    live = dmp.module
+    start = full_tables(make_provider("feature_dimension", "mean", layout=layout))
+    v = {f: t.detach()[:, 0::2].clone() for f, t in start.items()}
+    s = {f: t.detach()[:, 1::2].clone() for f, t in start.items()}
+    accumulator = {f: torch.zeros(n) for f, n in NUM.items()}
+    keys = {provider.table_key(f"t_{f}"): f for f in FEATURES}
+    for step in range(1, 6):
+        offset = 0.1 * step
+        live.threshold_offset.fill_(offset)
+        bags = make_bags(12, seed=20 + step)
+        r = torch.randn(12, F * K, generator=torch.Generator().manual_seed(40 + step))
+        (dmp(to_kjt(bags, 0, 12)).values() * r).sum().backward()
+
+        leaves = {f: (v[f].clone().requires_grad_(), s[f].clone().requires_grad_()) for f in FEATURES}
+        ref = dense_reference(
+            {f: p[0] for f, p in leaves.items()}, {f: p[1] for f, p in leaves.items()}, bags, offset, True
+        )
+        (ref * r).sum().backward()
+        with torch.no_grad():
+            for f, (vl, sl) in leaves.items():
+                gv, gs = vl.grad, sl.grad
+                if optimizer == "rowwise_adagrad":
+                    accumulator[f] += torch.cat([gv, gs], dim=1).pow(2).mean(dim=1)
+                    scale = lr / (accumulator[f].sqrt() + 1e-8)
+                    v[f] -= scale.unsqueeze(1) * gv
+                    s[f] -= scale.unsqueeze(1) * gs
+                else:
+                    v[f] -= lr * gv
+                    s[f] -= lr * gs
+
+        for key, value in table_state(dmp):
+            f = keys[key]
+            for piece, (r0, r1), _ in local_pieces(value):
+                torch.testing.assert_close(piece[:, 0::2], v[f][r0:r1], rtol=1e-4, atol=1e-6)
+                torch.testing.assert_close(piece[:, 1::2], s[f][r0:r1], rtol=1e-4, atol=1e-6)
+        nnz, total = count_nonzeros(live)
+        margin = {f: v[f].abs() - torch.sigmoid(s[f] + offset) for f in FEATURES}
+        kept = sum(int((m > 0).sum()) for m in margin.values())
+        close = sum(int((m.abs() <= 1e-5).sum()) for m in margin.values())
+        assert abs(nnz - kept) <= close and total == sum(NUM.values()) * K
+        assert 0 < kept < total

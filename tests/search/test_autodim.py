@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from types import SimpleNamespace
+from types import MethodType, SimpleNamespace
 from typing import Any, Dict, Optional, Tuple
 
 import numpy as np
@@ -22,6 +22,7 @@ from recdim.models.mf import MFArch
 from recdim.models.rec_model import RecModel
 from recdim.modules.candidate_dims import (
     CandidateDimsProvider,
+    CandidateTransform,
     EqualMixing,
     GumbelSoftmaxMixing,
     SeparateTables,
@@ -164,6 +165,36 @@ def test_resume_continues_the_search(tmp_path: Path) -> None:
     assert hook.search_start == 40 and hook.bilevel.arch_steps == (93 - 40) // 5
     assert seen.rows[53]["mixing"] == "GumbelSoftmaxMixing"
     assert seen.rows[53]["tau"] == pytest.approx(gumbel_temperature(13, 1.0, 1e-3, 0.01))
+
+
+def test_search_trajectory_matches_the_per_candidate_mixture() -> None:
+    """The default search (shared prefixes, Linear + BatchNorm) run with the fast mixture and with every
+    candidate transformed then summed: the same alpha after 20 search steps (4 architecture steps), the
+    same BatchNorm running variances and the same derived dimensions (float32, atol 1e-5).
+
+    Under training-mode BatchNorm the Linear bias has an exactly zero gradient; the per-candidate run gets
+    float32 noise there instead, which Adam turns into steps of the bias (and of the running means that
+    track it), so the running means are not compared."""
+    cfg = TrainConfig(max_steps=60, epochs=3, batch_size=64, lr=1e-2, patience=0, device="cpu", progress=False)
+    runs = []
+    for per_candidate in (False, True):
+        method, sess, train, val = session(cfg)
+        provider = sess.model.provider
+        if per_candidate:
+            for t in provider.transforms:
+                t.mix = MethodType(CandidateTransform.mix, t)  # type: ignore[method-assign]
+        torch.manual_seed(1)  # the same Gumbel noise in both runs
+        sess.trainer.fit(train, val)
+        assert method.hook is not None and method.hook.bilevel.arch_steps == 4
+        variances = [t.bn.running_var.clone() for t in provider.transforms]
+        runs.append(([a.detach().clone() for a in provider.alpha], variances, provider.derive_dims()))
+    (alpha_fast, var_fast, dims_fast), (alpha_ref, var_ref, dims_ref) = runs
+    assert not all(torch.equal(a, torch.zeros_like(a)) for a in alpha_ref)
+    for a, b in zip(alpha_fast, alpha_ref):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+    for a, b in zip(var_fast, var_ref):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+    assert dims_fast == dims_ref
 
 
 class FakeTrainer:

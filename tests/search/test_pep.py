@@ -169,30 +169,44 @@ def frozen_cfg(**kwargs: Any) -> TrainConfig:
 
 
 def expected_crossings(provider: ThresholdEmbeddingProvider) -> Tuple[Dict[float, int], Any]:
-    """First step at or under each budget, and ``step -> masks``, from the (fixed) initial table."""
+    """First step at or under each budget, and ``offset -> masks``, from the (fixed) initial table."""
     values = {name: local.detach().clone() for _, name, local, _, _ in table_pieces(provider)}
     total = sum(v.numel() for v in values.values())
     rate = (CROSSING.ramp_to - CROSSING.threshold_init) / 200
 
-    def masks_at(step: int) -> Dict[str, torch.Tensor]:
-        g = torch.sigmoid(torch.tensor(CROSSING.threshold_init) + torch.tensor(rate * step, dtype=torch.float32))
+    def masks_at_offset(offset: float) -> Dict[str, torch.Tensor]:
+        g = torch.sigmoid(torch.tensor(CROSSING.threshold_init) + torch.tensor(offset, dtype=torch.float32))
         return {k: v.abs() > g for k, v in values.items()}
+
+    def masks_at(step: int) -> Dict[str, torch.Tensor]:
+        return masks_at_offset(rate * step)
 
     expected, step = {}, 0
     for b in CROSSING.budgets:
         while sum(int(m.sum()) for m in masks_at(step).values()) > b * total:
             step += 1
         expected[b] = step
-    return expected, masks_at
+    return expected, masks_at_offset
+
+
+def check_exact_snapshot(snap: Any, masks_at_offset: Any, rate: float) -> None:
+    """A snapshot keeps exactly round(budget * total) values, the masks of its own offset, found between
+    the ramp's offsets of the step before the crossing and of the crossing step."""
+    got = snap.masks(K)
+    for name, m in masks_at_offset(snap.offset).items():
+        assert torch.equal(got[name], m)
+    assert sum(int(m.sum()) for m in got.values()) == snap.nnz == round(snap.budget * snap.total)
+    assert rate * (snap.step - 1) - 1e-6 <= snap.offset <= rate * snap.step + 1e-6
 
 
 def test_snapshots_at_the_crossing_and_stop_at_last_budget(tmp_path: Path) -> None:
     """With every learning rate 0 only the ramp moves the (global) threshold, so the count at each step
     is known from the initial table: snapshots must land on the first step at or under each budget, with
-    that step's masks, and training must stop at the last one."""
+    exactly the budget's count of values (the offset met between that step and the one before), and
+    training must stop at the last one."""
     pep = CROSSING
     method, sess, train, val = session(pep, frozen_cfg())
-    expected, masks_at = expected_crossings(sess.model.provider)
+    expected, masks_at_offset = expected_crossings(sess.model.provider)
     rate = (pep.ramp_to - pep.threshold_init) / 200
     assert 0 < expected[0.8] < expected[0.5] < expected[0.2] < 20 * len(train)
 
@@ -202,17 +216,16 @@ def test_snapshots_at_the_crossing_and_stop_at_last_budget(tmp_path: Path) -> No
     assert sess.trainer.global_step == expected[0.2]  # stopped at the last budget
     assert hook.should_stop(sess.trainer)
     for snap in hook.snapshots:
-        got = snap.masks(K)
-        for name, m in masks_at(snap.step).items():
-            assert torch.equal(got[name], m)
+        check_exact_snapshot(snap, masks_at_offset, rate)
+        assert not snap.forced
 
     method.save(sess, tmp_path)
     index = json.loads((tmp_path / "snapshots.json").read_text())
     assert [(e["budget"], e["step"]) for e in index["snapshots"]] == [(b, expected[b]) for b in pep.budgets]
     for e in index["snapshots"]:
         saved = load_file(str(tmp_path / e["file"]))
-        assert sum(int(m.sum()) for m in saved.values()) == e["nnz"] <= e["budget"] * e["total"]
-        assert e["threshold_offset"] == pytest.approx(rate * e["step"], rel=1e-6)  # the ramp then
+        assert sum(int(m.sum()) for m in saved.values()) == e["nnz"] == round(e["budget"] * e["total"])
+        assert rate * (e["step"] - 1) - 1e-6 <= e["threshold_offset"] <= rate * e["step"] + 1e-6
     thresholds = load_file(str(tmp_path / "thresholds.safetensors"))
     torch.testing.assert_close(thresholds["s"], torch.tensor([pep.threshold_init]))
     # thresholds are saved as the model ends training: the trainer restores its best validation epoch
@@ -223,7 +236,8 @@ def test_resume_keeps_snapshots_and_ramp(tmp_path: Path) -> None:
     """A run checkpointed after the second budget and resumed by a fresh session ends exactly like an
     uninterrupted one: same snapshot steps and masks, stop at the last budget."""
     _, sess, _, _ = session(CROSSING, frozen_cfg())
-    expected, masks_at = expected_crossings(sess.model.provider)
+    expected, masks_at_offset = expected_crossings(sess.model.provider)
+    rate = (CROSSING.ramp_to - CROSSING.threshold_init) / 200
     cut = expected[0.5] + 2
     first, sess, train, val = session(CROSSING, frozen_cfg(max_steps=cut, checkpoint_every=cut), ckpt=tmp_path / "ckpt")
     sess.trainer.fit(train, val)
@@ -235,8 +249,7 @@ def test_resume_keeps_snapshots_and_ramp(tmp_path: Path) -> None:
     assert [(s.budget, s.step) for s in resumed.hook.snapshots] == [(b, expected[b]) for b in CROSSING.budgets]
     assert sess.trainer.global_step == expected[0.2]
     for snap in resumed.hook.snapshots:
-        for name, m in masks_at(snap.step).items():
-            assert torch.equal(snap.masks(K)[name], m)
+        check_exact_snapshot(snap, masks_at_offset, rate)
 
 
 def test_linear_ramp_offsets() -> None:
@@ -297,3 +310,73 @@ def test_lottery_rewind_regenerates_the_initial_values(granularity: str, item_ki
     assert not torch.equal(values()["t_user"], initial["t_user"])
     for f, v in initial_values(sess.cfg, provider, FEATURES).items():
         assert torch.equal(v, initial[f"t_{f}"])
+
+
+def test_budget_training_did_not_reach_is_reached_at_the_end(tmp_path: Path) -> None:
+    """Training stopped after the second budget: saving raises every threshold until the last budget holds
+    exactly, marks that snapshot ``forced`` and leaves the model's own offset as training left it."""
+    _, sess, _, _ = session(CROSSING, frozen_cfg())
+    expected, masks_at_offset = expected_crossings(sess.model.provider)
+    stop = expected[0.5] + 2
+    method, sess, train, val = session(CROSSING, frozen_cfg(max_steps=stop))
+    sess.trainer.fit(train, val)
+    assert method.hook.pending == [0.2]
+    trained_offset = float(sess.model.provider.threshold_offset)
+    method.save(sess, tmp_path)
+    last = method.hook.snapshots[-1]
+    assert (last.budget, last.step, last.forced) == (0.2, stop, True) and not method.hook.pending
+    assert last.nnz == round(0.2 * last.total) and last.offset > trained_offset
+    for name, m in masks_at_offset(last.offset).items():
+        assert torch.equal(last.masks(K)[name], m)
+    assert float(sess.model.provider.threshold_offset) == trained_offset
+    index = json.loads((tmp_path / "snapshots.json").read_text())
+    assert [e["forced"] for e in index["snapshots"]] == [False, False, True]
+
+
+def test_derive_names_a_rate_the_search_has_no_budget_for(tmp_path: Path) -> None:
+    from recdim.config import PruneConfig
+
+    (tmp_path / "snapshots.json").write_text(json.dumps({"snapshots": [{"budget": 0.5, "file": "x"}]}))
+    method = PEPMethod(Config(), PEPConfig(budgets=(0.5,)))
+    searched = SimpleNamespace(search_dir=tmp_path, features=FEATURES)
+    with pytest.raises(ValueError, match=r"CR 20 needs PEP budget 0.05; the search kept budgets: 0.5 \(CR 2\)"):
+        method.derive(searched, PruneConfig(crs=(20.0,)))  # type: ignore[arg-type]
+
+
+def test_budgets_follow_the_prune_rates_by_default() -> None:
+    from recdim.config import PruneConfig
+    from recdim.search.pep import search_budgets
+
+    assert search_budgets(PEPConfig(), (2.0, 4.0)) == (0.5, 0.25)
+    assert search_budgets(PEPConfig(budgets=(0.3,)), (2.0,)) == (0.3,)
+    assert PEPMethod(Config(prune=PruneConfig(crs=(8.0,)))).budgets == (0.125,)
+    with pytest.raises(ValueError, match="PEP needs budgets"):
+        search_budgets(PEPConfig(), ())
+
+
+def test_incremental_count_snapshots_at_the_full_counts_steps() -> None:
+    """The default search counts survivors incrementally (KeptCounter: fused row-wise Adagrad, thresholds in
+    the table); the same run counting every table at every check gives the same count after every step,
+    so the same snapshots at the same steps."""
+    from recdim.search.kept_counter import KeptCounter
+
+    runs = []
+    for incremental in (True, False):
+        pep = PEPConfig(budgets=(0.75, 0.6))
+        train_cfg = TrainConfig(epochs=10, batch_size=64, lr=1e-2, device="cpu", progress=False)
+        method, sess, train, val = session(pep, train_cfg)
+        hook = method.hook
+        if not incremental:
+            hook._counter = False  # full counts
+        counts = []
+        check = hook.check
+        hook.check = lambda step: (check(step), counts.append((step, hook.last_count)))[0]  # type: ignore[method-assign]
+        sess.trainer.fit(train, val)
+        assert isinstance(hook.__dict__.get("_counter"), KeptCounter) == incremental
+        runs.append((counts, [(s.budget, s.step, s.nnz, s.offset) for s in hook.snapshots], hook.snapshots))
+    (counts, snaps, kept), (full_counts, full_snaps, full_kept) = runs
+    assert counts == full_counts and len(counts) > 100
+    assert snaps == full_snaps and [s[0] for s in snaps] == [0.75, 0.6]
+    for a, b in zip(kept, full_kept):
+        for name, m in a.masks(K).items():
+            assert torch.equal(m, b.masks(K)[name])
