@@ -70,11 +70,13 @@ budgets are reached); below it, the loss can hold the thresholds it needs. Linea
 geometric in g, so successive budgets are reached at a steady pace. The paper's setting (-150 + coupled
 weight decay) is the composed variant ``PEPConfig.paper()``.
 
-Cost (CPU, one thread, B = 2048, the demo's 8 single-valued features, ``benchmarks/search_overhead.py``):
-with every feature on the pooled path a PEP step cost 1.3-1.5x the uniform provider's before distinct-id
-lookups and incremental counts, against 1.6-2.6x with every feature per id (FBGEMM's unpooled CPU
-backward). What remains is the elementwise threshold (fused, see :mod:`~recdim.modules.soft_threshold`),
-the distinct-id bookkeeping and the count's re-keying of the touched rows.
+Cost (CPU, one thread, process time, ``benchmarks/search_overhead.py``, the defaults): on the demo (8
+single-valued features, B = 2048) a PEP step costs about 1.2-1.3x the uniform model's (1.4-1.75x before
+distinct-id lookups and incremental counts; 1.6-2.6x with every feature per id); on the Criteo-shaped
+tables (26 x 100k rows, B = 4096) about 1.4-1.7x (7-10x with a full count every step). What remains is
+the elementwise threshold (fused, see :mod:`~recdim.modules.soft_threshold`; about 16 ms of 1.7M values at
+Criteo size), the distinct-id bookkeeping and, at Criteo size, re-keying the ~4% of values a step touches
+(``recdim.search.kept_counter``).
 """
 
 from __future__ import annotations
@@ -270,6 +272,7 @@ class ThresholdEmbeddingProvider(EmbeddingProvider):
         self._probe_in = 0
         self._workspace: Optional[torch.Tensor] = None
         self._row_offsets_cache: Optional[torch.Tensor] = None
+        self._shift_cache: Optional[Tuple[List[int], torch.Tensor]] = None
 
     def track_touched(self, on: bool = True) -> None:
         """Start (or stop) recording the ids that training lookups touch (see :meth:`take_touched`)."""
@@ -394,8 +397,7 @@ class ThresholdEmbeddingProvider(EmbeddingProvider):
         expand = found[0].expand if found is not None else None
         if perm is not None and expand is not None and self._paired:
             # per-value thresholds do not care about the feature order: expand from the lookup's own columns
-            shift = torch.tensor(perm, device=rows.device) - torch.arange(group, device=rows.device)
-            expand = expand.view(batch, group).add(shift).view(-1)
+            expand = expand.view(batch, group).add(self._column_shift(perm, rows.device)).view(-1)
         elif perm is not None:
             rows = rows[:, perm]
         if self._paired:
@@ -423,6 +425,14 @@ class ThresholdEmbeddingProvider(EmbeddingProvider):
             self._probe_in = DEDUP_PROBE_EVERY - 1
             return None
         return distinct, stride
+
+    def _column_shift(self, perm: List[int], device: torch.device) -> torch.Tensor:
+        """[G] int64 ``perm[g] - g``: moves an index into [., G] rows in feature order to the lookup's columns."""
+        cached = self._shift_cache
+        if cached is None or cached[0] != perm or cached[1].device != device:
+            shift = torch.tensor(perm, device=device) - torch.arange(len(perm), device=device)
+            self._shift_cache = cached = (list(perm), shift)
+        return cached[1]
 
     def _key_permutation(self, kt: KeyedTensor) -> Optional[List[int]]:
         """Columns that put the (possibly sharded) EBC's output keys in ``bag_features`` order."""
