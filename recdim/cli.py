@@ -160,8 +160,8 @@ COMMANDS = {
         "retrain a pruned model on its tier tables and export it (--from PRUNED/cr-X)",
         "runs/retrain",
     ),
-    "export": (cmd_export, "write the serving artifact of a train or retrain run (--from RUN)", "runs/export"),
-    "predict": (cmd_predict, "score a prepared-format Parquet/CSV file with an artifact", "predictions.csv"),
+    "export": (cmd_export, "write the serving artifact of a train, retrain or pruned run (--from RUN)", "runs/export"),
+    "predict": (cmd_predict, "score raw rows (or a prepared Parquet shard) with an artifact", "predictions.csv"),
     "inspect": (cmd_inspect, "per-table dims, bytes and compression of an artifact", None),
     "compare": (cmd_compare, "compare methods x arches x budgets x seeds (resumable)", None),
     "bench": (cmd_bench, "run a benchmark from benchmarks/ (--name NAME, --list); JSON rows in --out", "bench-out"),
@@ -188,7 +188,11 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--out", default=None, help="comparison directory (default: compare.output)")
             p.add_argument("--report-only", action="store_true", help="rewrite the report from finished cells")
         if name == "predict":
-            p.add_argument("--input", required=True, help="Parquet or CSV file in the prepared dataset's columns")
+            p.add_argument(
+                "--input",
+                required=True,
+                help="raw rows in the model's source format, or a Parquet shard of prepared ids",
+            )
         if name == "bench":
             p.add_argument("--name", help="the benchmark: a script stem in benchmarks/ (see --list)")
             p.add_argument("--list", action="store_true", help="list the benchmarks and exit")

@@ -84,6 +84,12 @@ class PreparedDataset:
         except (KeyError, ValueError) as e:
             raise ValueError(f"{meta_path}: bad schema: {e}") from e
 
+    @property
+    def fingerprint(self) -> Optional[str]:
+        """The fingerprint of this dataset's encoding (:mod:`recdim.data.vocab_store`); None for a dataset
+        prepared before vocabularies were saved."""
+        return self.meta.get("fingerprint")
+
     def split_rows(self, split: str) -> int:
         return int(self.meta["splits"][split]["rows"])
 

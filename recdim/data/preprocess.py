@@ -8,8 +8,9 @@ Passes over the raw source, each reading ``chunk_rows`` rows at a time:
    (:mod:`recdim.data.vocab`), then build each field's vocabulary: values seen at least
    ``min_count`` times get ids by descending count (ties: first appearance), everything else
    (rare, unseen, missing) the OOV id, which is last.
-2. Map every row to ids / floats and write Parquet shards per split, then ``counts/<field>.npy`` and
-   ``meta.json``.
+2. Save every vocabulary (``vocab/<field>.parquet``, :mod:`recdim.data.vocab_store`) and the dataset
+   fingerprint, map every row to ids / floats and write Parquet shards per split (each carrying the
+   fingerprint in its metadata), then ``counts/<field>.npy`` and ``meta.json``.
 
 Memory bound: about 24 bytes per distinct train value of every sparse field (key, count, first
 position; a transient copy while merging a chunk) plus one chunk of raw rows, plus one row group per
@@ -39,6 +40,7 @@ from recdim.data.readers.base import BadRowBudget, RawChunk, RawReader
 from recdim.data.schema import Schema
 from recdim.data.shards import ShardWriter, check_replaceable, staged_output
 from recdim.data.split import SPLIT_NAMES, RandomSplit, TimeSplit
+from recdim.data.vocab_store import FINGERPRINT_KEY, fingerprint, write_vocabs
 
 logger = logging.getLogger(__name__)
 
@@ -141,6 +143,9 @@ def prepare(cfg: PrepareConfig) -> Path:
     table_schema = arrow_schema(encoders)
 
     with staged_output(output) as tmp:
+        encodings = write_vocabs(tmp, encoders)
+        fingerprint_hex = fingerprint(schema, encodings)
+        table_schema = table_schema.with_metadata({FINGERPRINT_KEY: fingerprint_hex.encode()})
         writers = [ShardWriter(tmp, name, table_schema, cfg.rows_per_shard) for name in SPLIT_NAMES]
         budget = BadRowBudget(cfg.max_bad_rows, log_rows=False)
         label_filtered = 0
@@ -170,6 +175,8 @@ def prepare(cfg: PrepareConfig) -> Path:
             "splits": {name: {"rows": int(r), "files": f} for name, r, f in zip(SPLIT_NAMES, rows, files)},
             "source": reader.source(),
             "prepare": to_dict(cfg),
+            "encodings": encodings,
+            "fingerprint": fingerprint_hex,
             "dropped_rows": {"bad": budget.count, "label_filtered": int(label_filtered)},
         }
         meta.update(reader.extra_meta())

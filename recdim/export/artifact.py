@@ -4,6 +4,8 @@ Layout::
 
     <dir>/manifest.json                 format version, schema, arch config, tables, tiers, bytes, sha256s
     <dir>/arch.safetensors              the interaction arch's state dict
+    <dir>/vocab/<field>.parquet         the dataset's vocabularies (when its prepare saved them, see
+                                        :mod:`recdim.export.dataset_record`)
     <dir>/tables/<i>-<table>.safetensors
         tier<j>.values      [n_j, d_j] float32
         tier<j>.column_map  [d_j] or [n_j, d_j] int8 / int16
@@ -32,6 +34,8 @@ from safetensors.torch import save as st_save
 from recdim.config import ModelConfig
 from recdim.config_io import from_dict, to_dict
 from recdim.data.schema import FieldKind, Schema
+from recdim.data.vocab_store import VocabError
+from recdim.export.dataset_record import DatasetRecord
 from recdim.fsio import fsync_dir, write_atomic
 from recdim.layout.tier_plan import TablePlan, TierPlan, remap_from_tensors
 
@@ -61,6 +65,8 @@ class Artifact:
         plans: one table plan per feature.
         tier_values: ``{table: [per tier [n_j, d_j] float32]}``.
         arch_state: the arch's state dict.
+        dataset: the encoding of the dataset the model was trained on (vocabularies, fingerprint), or None
+            for an artifact whose dataset saved none.
     """
 
     path: Path
@@ -71,6 +77,7 @@ class Artifact:
     plans: List[TablePlan]
     tier_values: Dict[str, List[torch.Tensor]]
     arch_state: Dict[str, torch.Tensor]
+    dataset: Optional[DatasetRecord] = None
 
     @property
     def multi_valued(self) -> List[str]:
@@ -103,6 +110,7 @@ def write_artifact(
     model: ModelConfig,
     schema: Schema,
     extra: Optional[Mapping[str, Any]] = None,
+    dataset: Optional[DatasetRecord] = None,
 ) -> Dict[str, Any]:
     """Writes an artifact directory (tensor files first, the manifest last and atomically).
 
@@ -114,6 +122,7 @@ def write_artifact(
         model: the arch config.
         schema: the feature schema (its sparse fields must include every plan's feature).
         extra: JSON-ready metadata stored under ``"extra"`` (metrics, run config, ...).
+        dataset: the training dataset's encoding, stored so raw rows can be scored (None: ids only).
 
     Returns:
         The manifest written.
@@ -191,6 +200,12 @@ def write_artifact(
         "files": files,
         "extra": dict(extra or {}),
     }
+    if dataset is not None:
+        for rel, data in dataset.files().items():
+            (root / rel).parent.mkdir(parents=True, exist_ok=True)
+            write_atomic(root / rel, data)
+            files[rel] = {"sha256": hashlib.sha256(data).hexdigest(), "size": len(data)}
+        manifest["dataset"] = dataset.to_manifest()
     data = json.dumps(manifest, indent=2, sort_keys=False).encode()
     write_atomic(manifest_path, data)
     write_atomic(root / MANIFEST_DIGEST, hashlib.sha256(data).hexdigest() + "\n")
@@ -201,6 +216,15 @@ def write_artifact(
 def _read_verified(root: Path, rel: str, entry: Mapping[str, Any]) -> Dict[str, torch.Tensor]:
     """The tensors of file ``rel`` after checking it lies inside the artifact and its size and sha256
     against the manifest."""
+    data = _verified_bytes(root, rel, entry)
+    try:
+        return st_load(data)
+    except Exception as e:  # safetensors raises its own error types
+        raise ArtifactError(f"{root / rel}: not a readable safetensors file: {e}") from e
+
+
+def _verified_bytes(root: Path, rel: str, entry: Mapping[str, Any]) -> bytes:
+    """The bytes of file ``rel`` after checking it lies inside the artifact and its size and sha256."""
     path = root / rel
     if Path(rel).is_absolute() or ".." in Path(rel).parts or not path.resolve().is_relative_to(root.resolve()):
         raise ArtifactError(f"{root / MANIFEST}: file {rel!r} lies outside the artifact; refusing to read it")
@@ -214,10 +238,24 @@ def _read_verified(root: Path, rel: str, entry: Mapping[str, Any]) -> Dict[str, 
         raise ArtifactError(
             f"{path}: sha256 {digest} does not match the manifest's {entry['sha256']} (edited or corrupt)"
         )
+    return data
+
+
+def _read_dataset(root: Path, manifest: Mapping[str, Any], schema: Schema) -> Optional[DatasetRecord]:
+    """The manifest's dataset record, every vocabulary file verified before it is parsed."""
+    if "dataset" not in manifest:
+        return None
+    files = manifest["files"]
+
+    def read(rel: str) -> bytes:
+        if rel not in files:
+            raise ArtifactError(f"{root / MANIFEST}: vocabulary {rel} has no checksum")
+        return _verified_bytes(root, rel, files[rel])
+
     try:
-        return st_load(data)
-    except Exception as e:  # safetensors raises its own error types
-        raise ArtifactError(f"{path}: not a readable safetensors file: {e}") from e
+        return DatasetRecord.from_manifest(manifest["dataset"], schema, read)
+    except VocabError as e:
+        raise ArtifactError(f"{root / MANIFEST}: {e}") from e
 
 
 def _expect(
@@ -311,4 +349,8 @@ def read_artifact(path: Union[str, Path]) -> Artifact:
     features = [str(f) for f in manifest["features"]]
     if features != [p.feature for p in plans]:
         raise ArtifactError(f"{manifest_path}: features {features} do not match the tables' features")
-    return Artifact(root, manifest, schema, model, features, plans, tier_values, arch_state)
+    try:
+        dataset = _read_dataset(root, manifest, schema)
+    except KeyError as e:
+        raise ArtifactError(f"{manifest_path}: dataset record: missing key {e}") from e
+    return Artifact(root, manifest, schema, model, features, plans, tier_values, arch_state, dataset)

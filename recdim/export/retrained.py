@@ -10,6 +10,7 @@ from typing import Any, Dict, List, Mapping, Optional
 from recdim.config import Config
 from recdim.config_io import from_dict
 from recdim.export.artifact import write_artifact
+from recdim.export.dataset_record import DatasetRecord
 from recdim.layout.tier_plan import TablePlan
 from recdim.retrain.tier_weights import gather_tier_values
 from recdim.retrain.tiers import AfterTraining, TieredRun, tiered_session
@@ -27,7 +28,8 @@ def export_session(
     values = gather_tier_values(session.dmp, plans, dst=0)
     if session.ctx.is_main:
         arch_state = {k: v.detach().cpu() for k, v in session.model.arch.state_dict().items()}
-        write_artifact(path, plans, values, arch_state, session.cfg.model, session.dataset.schema, extra)
+        dataset = DatasetRecord.from_prepared(session.dataset)
+        write_artifact(path, plans, values, arch_state, session.cfg.model, session.dataset.schema, extra, dataset)
 
 
 def _facts(results: Mapping[str, Any], meta: Mapping[str, Any]) -> Dict[str, Any]:

@@ -17,6 +17,7 @@ from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 from recdim.config import ModelConfig
 from recdim.data.schema import LabelKind, Schema
 from recdim.export.artifact import ARCH_FILE, Artifact, ArtifactError, read_artifact, write_artifact
+from recdim.export.dataset_record import DatasetRecord
 from recdim.layout.tier_plan import TablePlan
 from recdim.layout.tier_values import tier_values
 from recdim.models.rec_model import RecModel
@@ -29,6 +30,7 @@ def export_model(
     model_cfg: ModelConfig,
     schema: Schema,
     extra: Optional[Mapping[str, Any]] = None,
+    dataset: Optional[DatasetRecord] = None,
 ) -> Dict[str, Any]:
     """Writes an unsharded model whose provider is a :class:`TieredEmbeddingProvider` as an artifact.
 
@@ -38,6 +40,7 @@ def export_model(
         model_cfg: the arch config.
         schema: the dataset's feature schema.
         extra: JSON-ready metadata (metrics, run config).
+        dataset: the training dataset's encoding (raw-row serving), or None.
 
     Returns:
         The manifest written.
@@ -53,7 +56,7 @@ def export_model(
             "use export_masked for a pruned uniform model"
         )
     return write_artifact(
-        path, provider.plans, provider.tier_weights(), model.arch.state_dict(), model_cfg, schema, extra
+        path, provider.plans, provider.tier_weights(), model.arch.state_dict(), model_cfg, schema, extra, dataset
     )
 
 
@@ -65,6 +68,7 @@ def export_masked(
     model_cfg: ModelConfig,
     schema: Schema,
     extra: Optional[Mapping[str, Any]] = None,
+    dataset: Optional[DatasetRecord] = None,
 ) -> Dict[str, Any]:
     """Writes a pruned K-wide model as an artifact: tiers hold ``weights[table] ⊙ mask`` ([N, K] each).
 
@@ -73,7 +77,7 @@ def export_masked(
         export_masked("out/model", plans, {"t_user": w_user, ...}, model.arch, cfg.model, schema)
     """
     values = {p.name: tier_values(p, weights[p.name].detach().cpu().float()) for p in plans}
-    return write_artifact(path, plans, values, arch.state_dict(), model_cfg, schema, extra)
+    return write_artifact(path, plans, values, arch.state_dict(), model_cfg, schema, extra, dataset)
 
 
 class ServingModel(nn.Module):

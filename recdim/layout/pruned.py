@@ -10,6 +10,10 @@ import torch
 from recdim.config import PruneConfig
 from recdim.layout.masks import check_met_cr, magnitude_masks, mask_stats
 
+#: ``info["init"]`` rules under which a pruned model's values and arch are the searched (or trained) model
+#: itself, masked: such a model serves as it is (exported without retraining).
+SERVABLE_INITS = frozenset({"searched values, alpha folded in", "searched values S(V, s)", "trained uniform values"})
+
 
 @dataclass
 class PrunedModel:
