@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Dict, Tuple
 
+from recdim.config.arches import check_arches
 from recdim.config.methods import names, parse
 
 SEARCH_METHODS = names("search")
@@ -23,7 +24,7 @@ class CompareConfig:
             ``autosrh``, ``pep``, ``autodim``) and baselines (``ue``, ``grid``, ``random``, ``mde``; single
             runs ``ue@<d>`` and ``random@<i>`` too). ``grid`` and
             ``random`` train every candidate and report the one best on validation.
-        arches: interaction arches; empty means ``model.arch``.
+        arches: interaction arches (:data:`~recdim.config.arches.ARCHES`); empty means ``model.arch``.
         budgets: compression rates (uniform parameters / kept parameters), each >= 1.
         seeds: training seeds (``train.seed``); metrics are reported as mean ± std over them.
         output: directory of the cells (``runs/<cell>/``) and the report (``compare.md``, ``compare.json``,
@@ -62,6 +63,8 @@ class CompareConfig:
             raise ValueError("compare.methods, compare.budgets and compare.seeds must not be empty")
         for m in self.methods:
             parse(m, "compare.methods")
+        check_arches(self.arches, "compare.arches")
+        check_arches(self.arch_overrides, "compare.arch_overrides")
         for name, values in (
             ("methods", self.methods),
             ("arches", self.arches),

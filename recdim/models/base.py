@@ -11,7 +11,7 @@ from torchrec.sparse.jagged_tensor import KeyedTensor
 
 
 class InteractionArch(nn.Module, abc.ABC):
-    """Base of all arches (DLRM, DeepFM, FM, Wide&Deep, MF, MLP, NeuMF).
+    """Base of all arches (DLRM, DeepFM, FM, Wide&Deep, MF, MLP, NeuMF, AutoInt, NFM, PNN, LR).
 
     An arch sees only what an :class:`~recdim.modules.provider.EmbeddingProvider` returns, never a
     table, so every search method and the compressed serving tables feed it unchanged.

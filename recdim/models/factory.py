@@ -5,13 +5,17 @@ from __future__ import annotations
 from typing import Sequence
 
 from recdim.config import ARCHES, ModelConfig
+from recdim.models.autoint import AutoIntArch
 from recdim.models.base import InteractionArch
 from recdim.models.deepfm import DeepFMArch
 from recdim.models.dlrm import DLRMArch
 from recdim.models.fm import FMArch
+from recdim.models.lr import LRArch
 from recdim.models.mf import MFArch
 from recdim.models.mlp import MLPArch
 from recdim.models.neumf import NeuMFArch
+from recdim.models.nfm import NFMArch
+from recdim.models.pnn import PNNArch
 from recdim.models.wide_deep import WideDeepArch
 
 
@@ -24,7 +28,8 @@ def build_arch(
     """The arch ``cfg.arch`` over ``feature_names`` (F features, K = ``cfg.embedding_dim``) and D dense.
 
     Args:
-        cfg: arch name, K, MLP widths and dropout.
+        cfg: arch name, K, MLP widths, dropout and the arch's own settings (AutoInt's attention, PNN's
+            product).
         feature_names: the F sparse features, in the order the provider returns them. MF and NeuMF
             read the first two as user and item.
         num_dense: D (0 for none).
@@ -61,4 +66,12 @@ def build_arch(
         return MFArch(names, k, num_dense, init_bias)
     if arch == "mlp":
         return MLPArch(names, k, num_dense, cfg.mlp, cfg.dropout, init_bias)
-    return NeuMFArch(names, k, num_dense, cfg.mlp, cfg.dropout, init_bias)
+    if arch == "neumf":
+        return NeuMFArch(names, k, num_dense, cfg.mlp, cfg.dropout, init_bias)
+    if arch == "autoint":
+        return AutoIntArch(names, k, num_dense, cfg.attention_layers, cfg.attention_heads, cfg.attention_dim, init_bias)
+    if arch == "nfm":
+        return NFMArch(names, k, num_dense, cfg.mlp, cfg.dropout, init_bias)
+    if arch == "pnn":
+        return PNNArch(names, k, num_dense, cfg.mlp, cfg.dropout, init_bias, cfg.pnn_product)
+    return LRArch(names, k, num_dense, init_bias)

@@ -11,14 +11,18 @@ from torchrec.sparse.jagged_tensor import KeyedTensor
 from recdim.config import ARCHES, ModelConfig
 from recdim.models import (
     MLP,
+    AutoIntArch,
     DeepFMArch,
     DLRMArch,
     DotInteraction,
     FMArch,
     InteractionArch,
+    LRArch,
     MFArch,
     MLPArch,
     NeuMFArch,
+    NFMArch,
+    PNNArch,
     WideDeepArch,
     build_arch,
     fm_second_order,
@@ -52,6 +56,12 @@ ARCH_CASES: Dict[str, Callable[[List[str], int], InteractionArch]] = {
     "mf": lambda n, d: MFArch(n, K, d),
     "mlp": lambda n, d: MLPArch(n, K, d, hidden=(16, 8)),
     "neumf": lambda n, d: NeuMFArch(n, K, d, hidden=(16, 8)),
+    "autoint": lambda n, d: AutoIntArch(n, K, d, num_layers=2, num_heads=2, head_dim=4),
+    "nfm": lambda n, d: NFMArch(n, K, d, hidden=(16,)),
+    "pnn": lambda n, d: PNNArch(n, K, d, hidden=(16, 8)),
+    "pnn_outer": lambda n, d: PNNArch(n, K, d, hidden=(16,), product="outer"),
+    "pnn_both": lambda n, d: PNNArch(n, K, d, hidden=(16,), product="both"),
+    "lr": lambda n, d: LRArch(n, K, d),
 }
 
 
@@ -88,7 +98,11 @@ def test_key_order_does_not_matter(arch_name: str) -> None:
     torch.testing.assert_close(arch(dense, kt), arch(dense, shuffled))
 
 
-@pytest.mark.parametrize("arch_name", sorted(ARCH_CASES))
+def test_every_arch_has_a_case() -> None:
+    assert set(ARCHES) <= set(ARCH_CASES)
+
+
+@pytest.mark.parametrize("arch_name", sorted(ARCHES))
 def test_init_bias(arch_name: str) -> None:
     names = feature_names(arch_name)
     torch.manual_seed(0)
@@ -197,6 +211,10 @@ def test_factory_builds_all_arches() -> None:
         "mf": MFArch,
         "mlp": MLPArch,
         "neumf": NeuMFArch,
+        "autoint": AutoIntArch,
+        "nfm": NFMArch,
+        "pnn": PNNArch,
+        "lr": LRArch,
     }
     assert set(expected) == set(ARCHES)
     for name in ARCHES:
