@@ -316,3 +316,28 @@ def test_tabular_parquet(tmp_path: Path) -> None:
     pq.write_table(bad, tmp_path / "bad.parquet")
     with pytest.raises(DataError, match=r"bad\.parquet:2: price: expected a finite number"):
         read_all(TabularReader(tmp_path / "bad.parquet", TAB_CFG))
+
+
+# --- Registry ---------------------------------------------------------------------------------------
+
+
+def test_make_reader_knows_every_source(tmp_path: Path) -> None:
+    from recdim.config import AmazonConfig, MovieLensConfig, PrepareConfig
+    from recdim.data.readers import AmazonReader, KDD12Reader, make_reader
+
+    write(tmp_path / "training.txt", ["0\t1\t1\t1\t1\t1\t1\t1\t1\t1\t1\t1"])
+    assert isinstance(make_reader(PrepareConfig(source="kdd12", input=str(tmp_path))), KDD12Reader)
+    amazon = make_reader(
+        PrepareConfig(
+            source="amazon",
+            input=str(write(tmp_path / "r.csv", ["i,u,5,1"])),
+            task="ctr",
+            amazon=AmazonConfig(order="item,user,rating,timestamp"),
+        )
+    )
+    assert isinstance(amazon, AmazonReader) and amazon.task == "ctr" and amazon.source()["order"].startswith("item")
+    root = make_ml100k(tmp_path / "ml", ["1\t1\t5\t100"])
+    cfg = PrepareConfig(source="movielens", input=str(root), movielens=MovieLensConfig(variant="ml-100k"))
+    assert make_reader(cfg).source()["variant"] == "ml-100k"
+    with pytest.raises(FileNotFoundError, match=r"ratings\.dat: not found"):
+        make_reader(PrepareConfig(source="movielens", input=str(root), movielens=MovieLensConfig(variant="ml-1m")))

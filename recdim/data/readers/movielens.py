@@ -1,31 +1,38 @@
 """Reader of the GroupLens MovieLens ratings, with user and movie side features.
 
-The layout is detected from the directory:
+The layout is detected from what the directory holds (or named by ``variant``):
 
 - ``ml-100k``: ``u.data`` (tab), ``u.user`` and ``u.item`` (``|``, latin-1, 19 genre flags).
-- ``ml-1m``: ``ratings.dat``, ``users.dat``, ``movies.dat`` (``::``, latin-1).
-- ``ml-20m`` (also ml-25m / ml-latest): ``ratings.csv`` and ``movies.csv`` (CSV with header, no users).
+- ``ml-1m``: ``ratings.dat``, ``users.dat``, ``movies.dat`` (``::``, latin-1; genres ``A|B``).
+- ``ml-10m``: ``ratings.dat`` and ``movies.dat`` (``::``, no user table, half-star ratings); a
+  directory with ``ratings.dat`` but no ``users.dat`` is this layout.
+- ``ml-20m`` (also ml-25m / ml-latest): ``ratings.csv`` (header ``userId,movieId,rating,timestamp``)
+  and ``movies.csv`` (header ``movieId,title,genres``, quoted titles), no user table.
+
+Detection tries ``u.data``, then ``ratings.dat`` (``ml-1m`` when ``users.dat`` is beside it, else
+``ml-10m``), then ``ratings.csv``. Every side table of the layout must be present.
 
 Fields: ``user_id``, ``item_id``, then where the layout has them ``age``, ``gender``, ``occupation``,
-``zip`` (categorical) and ``genres`` (a bag of genre names). ``timestamp`` is the time column.
-Task ``rating``: label = rating (:attr:`LabelKind.RATING`). Task ``ctr``: rating >= 4 -> 1,
-rating <= 2 -> 0, ratings in between (3, and 2.5 / 3.5 in half-star layouts) are dropped and counted
-as ``label_filtered``. Ids must be positive integers and ratings lie in [0.5, 5]; anything else is a
-malformed row. A rating whose user or movie is missing from the side tables gets missing side
-features (the OOV id).
+``zip`` (categorical) and ``genres`` (a bag of genre names; ``(no genres listed)`` is an empty bag).
+``timestamp`` is the time column. Labels follow :mod:`recdim.data.readers.rating_task`: task
+``rating`` keeps the rating, task ``ctr`` maps rating >= 4 to 1 and <= 2 to 0 and drops the rest
+(counted as ``label_filtered``). Ids must be positive integers and ratings lie in [0.5, 5]; anything
+else is a malformed row. A rating whose user or movie is missing from the side tables gets missing
+side features (the OOV id).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, Iterator, List, Literal, Optional, Tuple, Union
+from typing import Any, Dict, Iterator, List, Optional, Tuple, Union
 
 import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from recdim.data.errors import DataError
 from recdim.data.readers.base import (
     BadRowBudget,
     RawChunk,
@@ -36,9 +43,9 @@ from recdim.data.readers.base import (
     RowErrors,
     text_series,
 )
-from recdim.data.readers.text import TextFormat, read_delimited
+from recdim.data.readers.rating_task import RatingTask, check_task, label_kind, rating_labels
+from recdim.data.readers.text import TextFormat, read_delimited, read_header
 from recdim.data.readers.values import parse_numbers
-from recdim.data.schema import LabelKind
 
 RATING_COLUMNS = ("user_id", "item_id", "rating", "timestamp")
 USER_FIELDS = ("age", "gender", "occupation", "zip")
@@ -48,54 +55,96 @@ ML100K_GENRES = (
     "War", "Western",
 )  # fmt: skip
 ITEM_COLUMNS_100K = ("item_id", "title", "release", "video", "url") + ML100K_GENRES
+NO_GENRES = "(no genres listed)"
+#: the layouts ``variant`` may name; ``auto`` detects one from the directory.
+VARIANTS = ("auto", "ml-100k", "ml-1m", "ml-10m", "ml-20m")
 # Side tables are small; they are read in one go.
 _SIDE_CHUNK = 1 << 20
 
 
 @dataclass(frozen=True)
+class _File:
+    """One file of a layout: its name, its text format and (CSV files) the header it must have."""
+
+    name: str
+    format: TextFormat
+    header: Optional[Tuple[str, ...]] = None
+
+
+@dataclass(frozen=True)
 class _Layout:
     variant: str
-    ratings: Tuple[str, TextFormat]
-    users: Optional[Tuple[str, TextFormat]]
-    items: Tuple[str, TextFormat]
+    ratings: _File
+    users: Optional[_File]
+    items: _File
 
 
-_LAYOUTS = (
-    _Layout(
+_DAT_MOVIES = _File("movies.dat", TextFormat("::", ("item_id", "title", "genres"), encoding="latin-1"))
+_DAT_RATINGS = _File("ratings.dat", TextFormat("::", RATING_COLUMNS, encoding="latin-1"))
+_LAYOUTS = {
+    "ml-100k": _Layout(
         "ml-100k",
-        ("u.data", TextFormat("\t", RATING_COLUMNS, encoding="latin-1")),
-        ("u.user", TextFormat("|", ("user_id", "age", "gender", "occupation", "zip"), encoding="latin-1")),
-        (
-            "u.item",
-            TextFormat("|", ITEM_COLUMNS_100K, encoding="latin-1"),
-        ),
+        _File("u.data", TextFormat("\t", RATING_COLUMNS, encoding="latin-1")),
+        _File("u.user", TextFormat("|", ("user_id", "age", "gender", "occupation", "zip"), encoding="latin-1")),
+        _File("u.item", TextFormat("|", ITEM_COLUMNS_100K, encoding="latin-1")),
     ),
-    _Layout(
+    "ml-1m": _Layout(
         "ml-1m",
-        ("ratings.dat", TextFormat("::", RATING_COLUMNS, encoding="latin-1")),
-        (
-            "users.dat",
-            TextFormat("::", ("user_id", "gender", "age", "occupation", "zip"), encoding="latin-1"),
-        ),
-        ("movies.dat", TextFormat("::", ("item_id", "title", "genres"), encoding="latin-1")),
+        _DAT_RATINGS,
+        _File("users.dat", TextFormat("::", ("user_id", "gender", "age", "occupation", "zip"), encoding="latin-1")),
+        _DAT_MOVIES,
     ),
-    _Layout(
+    "ml-10m": _Layout("ml-10m", _DAT_RATINGS, None, _DAT_MOVIES),
+    "ml-20m": _Layout(
         "ml-20m",
-        ("ratings.csv", TextFormat(",", quoted=True)),
+        _File("ratings.csv", TextFormat(",", quoted=True), ("userId", "movieId", "rating", "timestamp")),
         None,
-        ("movies.csv", TextFormat(",", quoted=True)),
+        _File("movies.csv", TextFormat(",", quoted=True), ("movieId", "title", "genres")),
     ),
-)
+}
 
 
-def detect_layout(path: Path) -> _Layout:
-    """The MovieLens layout of directory ``path`` (by its ratings file)."""
+def detect_layout(path: Path, variant: str = "auto") -> _Layout:
+    """The MovieLens layout of directory ``path``: ``variant``, or detected from its files.
+
+    Args:
+        path: the MovieLens directory.
+        variant: one of :data:`VARIANTS`.
+
+    Returns:
+        The layout; every file it needs exists (``FileNotFoundError`` names the first one missing).
+
+    Example::
+
+        detect_layout(Path("ml-10M100K")).variant  # "ml-10m"
+    """
+    if variant not in VARIANTS:
+        raise ValueError(f"MovieLens variant must be one of {list(VARIANTS)}, got {variant!r}")
     if not path.is_dir():
         raise FileNotFoundError(f"{path}: expected a MovieLens directory (with u.data, ratings.dat or ratings.csv)")
-    for layout in _LAYOUTS:
-        if (path / layout.ratings[0]).is_file():
-            return layout
-    raise FileNotFoundError(f"{path}: no MovieLens ratings file (u.data, ratings.dat or ratings.csv) found")
+    if variant == "auto":
+        if (path / "u.data").is_file():
+            variant = "ml-100k"
+        elif (path / "ratings.dat").is_file():
+            variant = "ml-1m" if (path / "users.dat").is_file() else "ml-10m"
+        elif (path / "ratings.csv").is_file():
+            variant = "ml-20m"
+        else:
+            raise FileNotFoundError(f"{path}: no MovieLens ratings file (u.data, ratings.dat or ratings.csv) found")
+    layout = _LAYOUTS[variant]
+    for spec in (layout.ratings, layout.users, layout.items):
+        if spec is not None and not (path / spec.name).is_file():
+            raise FileNotFoundError(f"{path / spec.name}: not found (the {variant} layout needs it)")
+    return layout
+
+
+def _check_header(path: Path, spec: _File) -> None:
+    """A CSV file of the layout must start with the expected header (names compared case-insensitively)."""
+    if spec.header is None:
+        return
+    got = read_header(path, spec.format)
+    if tuple(n.strip().lower() for n in got) != tuple(n.lower() for n in spec.header):
+        raise DataError(path, 1, f"expected the header {','.join(spec.header)}, got {','.join(got)}")
 
 
 def _positional(frame: pd.DataFrame, names: Tuple[str, ...]) -> pd.DataFrame:
@@ -117,8 +166,9 @@ class MovieLensReader(RawReader):
     """MovieLens ratings joined with user and movie side features.
 
     Args:
-        path: the MovieLens directory (ml-100k, ml-1m or ml-20m layout).
+        path: the MovieLens directory (ml-100k, ml-1m, ml-10m or ml-20m layout).
         task: ``rating`` (regression on the rating) or ``ctr`` (like / dislike, rating 3 dropped).
+        variant: the layout, or ``auto`` to detect it from the files (see the module docstring).
 
     Example::
 
@@ -128,12 +178,13 @@ class MovieLensReader(RawReader):
 
     name = "movielens"
 
-    def __init__(self, path: Union[str, Path], task: Literal["rating", "ctr"] = "rating") -> None:
-        if task not in ("rating", "ctr"):
-            raise ValueError(f"MovieLens task must be 'rating' or 'ctr', got {task!r}")
+    def __init__(self, path: Union[str, Path], task: RatingTask = "rating", variant: str = "auto") -> None:
+        check_task(task, "MovieLens")
         self.path = Path(path)
         self.task = task
-        self.layout = detect_layout(self.path)
+        self.layout = detect_layout(self.path, variant)
+        for spec in (self.layout.ratings, self.layout.items):
+            _check_header(self.path / spec.name, spec)
 
     @property
     def schema_hint(self) -> RawSchema:
@@ -141,19 +192,18 @@ class MovieLensReader(RawReader):
         if self.layout.users is not None:
             fields += [RawField(n, RawKind.CATEGORICAL) for n in USER_FIELDS]
         fields.append(RawField("genres", RawKind.MULTI_CATEGORICAL))
-        label = LabelKind.RATING if self.task == "rating" else LabelKind.BINARY
-        return RawSchema(fields=tuple(fields), label=label, has_time=True)
+        return RawSchema(fields=tuple(fields), label=label_kind(self.task), has_time=True)
 
     def source(self) -> Dict[str, str]:
         return {"reader": self.name, "input": str(self.path), "variant": self.layout.variant}
 
-    def _side_table(self, spec: Tuple[str, TextFormat], names: Tuple[str, ...], budget: BadRowBudget) -> pd.DataFrame:
+    def _side_table(self, spec: _File, names: Tuple[str, ...], budget: BadRowBudget) -> pd.DataFrame:
         """Reads a side table into a frame indexed by its (positive integer) id, first column."""
-        path = self.path / spec[0]
+        path = self.path / spec.name
         parts: List[pd.DataFrame] = []
         seen: set = set()
-        for block in read_delimited(path, spec[1], _SIDE_CHUNK):
-            frame = _positional(block.frame, names) if spec[1].columns is None else block.frame
+        for block in read_delimited(path, spec.format, _SIDE_CHUNK):
+            frame = _positional(block.frame, names) if spec.format.columns is None else block.frame
             errors = block.errors
             ids = parse_numbers(frame[names[0]], names[0], errors, integer=True, required=True, low=1)
             dup = pd.Series(ids).duplicated().to_numpy() | np.isin(ids, list(seen))
@@ -172,8 +222,7 @@ class MovieLensReader(RawReader):
         """Genre bags of a movie table (None for user tables)."""
         if "genres" in frame.columns:
             out = np.empty(len(frame), dtype=object)
-            none = "(no genres listed)"
-            out[:] = [tuple(g for g in v.split("|") if g and g != none) for v in frame["genres"]]
+            out[:] = [tuple(g for g in v.split("|") if g and g != NO_GENRES) for v in frame["genres"]]
             return out
         if ML100K_GENRES[0] in frame.columns:
             flags = np.stack(
@@ -198,26 +247,18 @@ class MovieLensReader(RawReader):
         item_index = pd.Index(items.index)
         genres = _with_missing(items["genres"].to_numpy(), ())
 
-        path = self.path / layout.ratings[0]
-        for block in read_delimited(path, layout.ratings[1], chunk_rows):
-            frame = block.frame if layout.ratings[1].columns else _positional(block.frame, RATING_COLUMNS)
+        path = self.path / layout.ratings.name
+        for block in read_delimited(path, layout.ratings.format, chunk_rows):
+            frame = block.frame if layout.ratings.format.columns else _positional(block.frame, RATING_COLUMNS)
             errors = block.errors
             user = parse_numbers(frame["user_id"], "user_id", errors, integer=True, required=True, low=1)
             item = parse_numbers(frame["item_id"], "item_id", errors, integer=True, required=True, low=1)
             rating = parse_numbers(frame["rating"], "rating", errors, required=True, low=0.5, high=5)
             stamp = parse_numbers(frame["timestamp"], "timestamp", errors, integer=True, required=True, low=0)
             keep = errors.charge(budget)
-            user, item, rating, stamp = user[keep], item[keep], rating[keep], stamp[keep]
-            lines = block.lines[keep]
-            filtered = 0
-            if self.task == "ctr":
-                liked = rating >= 4
-                decided = liked | (rating <= 2)
-                filtered = int((~decided).sum())
-                user, item, stamp, lines = user[decided], item[decided], stamp[decided], lines[decided]
-                label = liked[decided].astype(np.float64)
-            else:
-                label = rating
+            labels = rating_labels(rating[keep], self.task)
+            user, item = user[keep][labels.keep], item[keep][labels.keep]
+            stamp, lines = stamp[keep][labels.keep], block.lines[keep][labels.keep]
             user_ids = user.astype(np.int64)
             item_ids = item.astype(np.int64)
             columns: Dict[str, Any] = {
@@ -230,9 +271,9 @@ class MovieLensReader(RawReader):
             columns["genres"] = genres[item_index.get_indexer(item_ids)]
             yield RawChunk(
                 features=pd.DataFrame(columns),
-                label=label,
+                label=labels.label,
                 lines=lines,
                 file=str(path),
                 time=stamp,
-                label_filtered=filtered,
+                label_filtered=labels.filtered,
             )

@@ -6,8 +6,11 @@ nulls are missing values and "line" in error messages is the 1-based row number.
 
 Column kinds: ``categorical`` (any type, taken as its text form), ``multi_categorical`` (text joined
 by the field's ``separator``, or a Parquet list column), ``numerical`` (a number; NaN / inf written in
-the data are malformed rows). The label must be a finite number (0 or 1 for ``binary``). The optional
-time column is numeric (e.g. unix seconds) or, in Parquet, a timestamp / date column.
+the data are malformed rows). The label must be a finite number (0 or 1 for ``binary``), or, with
+``label_map``, a text the map names (e.g. ``<=50K`` / ``>50K``; surrounding whitespace ignored; any other
+text is a malformed row). The optional time column holds numbers (e.g. unix seconds) or ISO 8601
+dates / timestamps (``2012-03-01``, ``2012-03-01T10:00:00+02:00``; converted to seconds since 1970 UTC),
+as ``time_format`` says; a Parquet timestamp, date or numeric column is read as it is.
 """
 
 from __future__ import annotations
@@ -34,7 +37,14 @@ from recdim.data.readers.base import (
     text_series,
 )
 from recdim.data.readers.text import TextFormat, read_delimited, read_header
-from recdim.data.readers.values import bag_split, check_numbers, parse_label, parse_numbers
+from recdim.data.readers.values import (
+    bag_split,
+    check_numbers,
+    map_labels,
+    parse_iso_times,
+    parse_label,
+    parse_numbers,
+)
 from recdim.data.schema import LabelKind
 
 PARQUET_SUFFIXES = (".parquet", ".pq")
@@ -98,8 +108,11 @@ class TabularReader(RawReader):
         kind = LabelKind(cfg.label_kind)
         for lines, errors, raw in self._blocks(chunk_rows):
             columns: Dict[str, Any] = {f.name: _feature(f, raw[f.name], errors) for f in cfg.fields}
-            label = _number(raw[cfg.label], cfg.label, errors, kind)
-            time = _time(raw[cfg.time_column], cfg.time_column, errors) if cfg.time_column else None
+            if cfg.label_map:
+                label = map_labels(_as_text(raw[cfg.label]), cfg.label, cfg.label_map, errors)
+            else:
+                label = _number(raw[cfg.label], cfg.label, errors, kind)
+            time = _time(raw[cfg.time_column], cfg.time_column, cfg.time_format, errors) if cfg.time_column else None
             keep = errors.charge(budget)
             yield RawChunk(
                 features=pd.DataFrame(columns)[keep].reset_index(drop=True),
@@ -175,11 +188,15 @@ def _number(values: Column, column: str, errors: RowErrors, label: Optional[Labe
     return out
 
 
-def _time(values: Column, column: str, errors: RowErrors) -> np.ndarray:
-    """Timestamps as float64 seconds (numbers as they are; Parquet timestamps / dates converted)."""
+def _time(values: Column, column: str, time_format: str, errors: RowErrors) -> np.ndarray:
+    """Timestamps as float64 seconds: numbers as they are, ISO 8601 text and Parquet timestamps / dates
+    converted to seconds since 1970 UTC (``time_format``: ``number``, ``iso8601`` or ``auto``)."""
     if isinstance(values, pa.Array) and (pa.types.is_timestamp(values.type) or pa.types.is_date(values.type)):
         micros = pc.cast(pc.cast(values, pa.timestamp("us")), pa.int64())
         values = pc.divide(pc.cast(micros, pa.float64()), 1e6)
-    out = _number(values, column, errors, None)
+    if time_format == "number" or _is_numeric(values):
+        out = _number(values, column, errors, None)
+    else:
+        out = parse_iso_times(_as_text(values), column, errors, numbers=time_format == "auto")
     errors.flag(np.isnan(out), column, "missing time")
     return out

@@ -6,7 +6,7 @@ infinite, in a numeric column is a malformed row (never silently turned into a m
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import Mapping, Optional
 
 import numpy as np
 import pandas as pd
@@ -153,3 +153,116 @@ def bag_split(values: TextColumn, sep: str) -> np.ndarray:
     out = np.empty(len(cells), dtype=object)
     out[:] = [tuple(p for p in v.split(sep) if p) if v else () for v in cells]
     return out
+
+
+def flag_empty(values: TextColumn, column: str, errors: RowErrors) -> np.ndarray:
+    """Flags empty (or all-whitespace) cells of a required text column as malformed.
+
+    Args:
+        values: text column [N].
+        column: column name used in error reasons.
+        errors: where malformed rows are flagged.
+
+    Returns:
+        bool [N], the empty cells.
+
+    Example::
+
+        flag_empty(frame["user_id"], "user_id", errors)
+    """
+    text = arrow_text(values)
+    empty = pc.fill_null(pc.equal(pc.utf8_trim_whitespace(text), ""), True).to_numpy(zero_copy_only=False)
+    errors.flag(empty, column, "missing value")
+    return empty
+
+
+def check_digits(values: TextColumn, column: str, errors: RowErrors) -> None:
+    """Flags cells that are not a non-empty run of ASCII digits (a non-negative integer id of any size).
+
+    Unlike :func:`parse_numbers` this never converts, so 64-bit ids (hashes) are checked exactly.
+
+    Args:
+        values: text column [N].
+        column: column name used in error reasons.
+        errors: where malformed rows are flagged.
+
+    Example::
+
+        check_digits(frame["AdID"], "AdID", errors)  # "20157098" ok; "", "-1", "1e5" malformed
+    """
+    text = arrow_text(values)
+    digits = pc.fill_null(pc.ascii_is_decimal(text), False).to_numpy(zero_copy_only=False)
+    errors.flag(~digits, column, "expected a non-negative integer id", text)
+
+
+_EPOCH = pd.Timestamp("1970-01-01", tz="UTC")
+
+
+def parse_iso_times(values: TextColumn, column: str, errors: RowErrors, *, numbers: bool = False) -> np.ndarray:
+    """Parses ISO 8601 dates / timestamps to seconds since 1970-01-01 UTC, flagging malformed cells.
+
+    Accepted: ``2012-03-01``, ``2012-03-01T10:00``, ``2012-03-01 10:00:00.5``, ``20120301T100000``,
+    with an optional offset (``Z``, ``+02:00``); no offset means UTC. Surrounding whitespace is ignored.
+
+    Args:
+        values: text column [N].
+        column: column name used in error reasons.
+        errors: where malformed rows are flagged.
+        numbers: also accept plain numbers (taken as seconds as they are); a cell that parses as a
+            finite number is then never read as a date.
+
+    Returns:
+        float64 [N]: seconds, NaN where the cell is empty (missing) or malformed.
+
+    Example::
+
+        parse_iso_times(pd.Series(["1970-01-02", "1970-01-01T00:01:00+00:00"]), "ts", errors)  # [86400., 60.]
+    """
+    text = pc.utf8_trim_whitespace(arrow_text(values))
+    empty = pc.fill_null(pc.equal(text, ""), True).to_numpy(zero_copy_only=False)
+    out = np.full(len(text), np.nan)
+    todo = ~empty
+    if numbers:
+        plain = _to_float(text, empty)
+        finite = np.isfinite(plain)
+        out[finite] = plain[finite]
+        todo &= ~finite
+    if todo.any():
+        cells = pd.Series(text.to_numpy(zero_copy_only=False)[todo], dtype=object)
+        stamps = pd.to_datetime(cells, format="ISO8601", utc=True, errors="coerce")
+        out[todo] = ((stamps - _EPOCH) / pd.Timedelta(seconds=1)).to_numpy(dtype=np.float64, na_value=np.nan)
+    what = "a number or an ISO 8601 timestamp" if numbers else "an ISO 8601 timestamp"
+    errors.flag(todo & ~np.isfinite(out), column, f"expected {what}", text)
+    return out
+
+
+def map_labels(values: TextColumn, column: str, label_map: Mapping[str, float], errors: RowErrors) -> np.ndarray:
+    """Maps label text to numbers through ``label_map``; an empty cell or a label not in the map is malformed.
+
+    Cells and keys are compared with surrounding whitespace removed.
+
+    Args:
+        values: text column [N].
+        column: column name used in error reasons.
+        label_map: label text -> value.
+        errors: where malformed rows are flagged.
+
+    Returns:
+        float64 [N] (NaN on malformed rows).
+
+    Example::
+
+        map_labels(frame["income"], "income", {"<=50K": 0, ">50K": 1}, errors)
+    """
+    keys = [k.strip() for k in label_map]
+    mapped = np.array([float(v) for v in label_map.values()] + [np.nan], dtype=np.float64)
+    text = pc.utf8_trim_whitespace(arrow_text(values))
+    at = pc.index_in(text, value_set=pa.array(keys, type=text.type))
+    index = pc.fill_null(at, -1).to_numpy(zero_copy_only=False)
+    empty = pc.fill_null(pc.equal(text, ""), True).to_numpy(zero_copy_only=False)
+    errors.flag(empty, column, "missing label")
+    shown = sorted(keys)
+    if len(shown) > 8:
+        shown = shown[:8] + ["..."]
+    errors.flag(~empty & (index < 0), column, f"unknown label (label_map has {shown})", text)
+    return mapped[index]
