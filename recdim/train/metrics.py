@@ -2,13 +2,15 @@
 
 AUC and logloss are computed once over every example of a split (never averaged over batches); a
 :class:`MetricAccumulator` collects a rank's outputs and labels, :func:`gather` brings every rank's
-part together so that all ranks report the same global number. All arithmetic is in float64.
+part together so that all ranks report the same global number. Ranking metrics (Recall / MRR / NDCG
+at k) are computed per user and averaged over every user of a split (:mod:`recdim.train.ranking`).
+All arithmetic is in float64.
 """
 
 from __future__ import annotations
 
 import math
-from typing import Dict, List, Optional, Tuple, Union
+from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
@@ -144,6 +146,54 @@ def compute_metrics(label_kind: LabelKind, labels: ArrayLike, outputs: ArrayLike
         return {"auc": roc_auc(y, z), "logloss": log_loss(y, expit(z))}
     m = mse(y, z)
     return {"mse": m, "rmse": math.sqrt(m)}
+
+
+def ranking_metrics_per_user(hits: torch.Tensor, num_relevant: torch.Tensor, ks: Sequence[int]) -> torch.Tensor:
+    """Recall, MRR and NDCG at every k, per user, from the relevance of each user's ranked list.
+
+    With ``hits[u, r]`` = 1 when the item at rank r + 1 is relevant and n_u relevant items in all:
+
+    - Recall@k = (relevant items in the top k) / n_u;
+    - MRR@k = 1 / (rank of the first relevant item) if it is within the top k, else 0;
+    - NDCG@k = sum_{r <= k} hits_r / log2(r + 1), divided by its ideal value sum_{r <= min(k, n_u)} 1 / log2(r + 1).
+
+    Args:
+        hits: [U, R] relevance of the top R ranked items (R >= max(ks); bool or 0/1).
+        num_relevant: [U] relevant items of each user (>= 1, at least the hits in ``hits``).
+        ks: cut-offs, each <= R.
+
+    Returns:
+        Tensor: [U, 3 * len(ks)] float64, columns in the order of :func:`ranking_metric_names`.
+
+    Example::
+
+        hits = torch.tensor([[False, True, False]])
+        ranking_metrics_per_user(hits, torch.tensor([2]), [1, 3])
+        # recall@1 0, recall@3 0.5, mrr@1 0, mrr@3 0.5, ndcg@1 0, ndcg@3 (1 / log2 3) / (1 + 1 / log2 3)
+    """
+    h = hits.to(torch.float64)
+    n = num_relevant.to(torch.float64).reshape(-1, 1)
+    if h.dim() != 2 or h.size(0) != n.size(0) or max(ks) > h.size(1):
+        raise ValueError(f"hits must be [U, R >= {max(ks)}] with U = {n.size(0)}, got {list(h.shape)}")
+    if (n < 1).any():
+        raise ValueError("every user needs at least one relevant item")
+    ranks = torch.arange(1, h.size(1) + 1, dtype=torch.float64)
+    discount = 1.0 / torch.log2(ranks + 1.0)  # [R]
+    first = torch.where(h.any(1), h.argmax(1).to(torch.float64) + 1.0, torch.full_like(n[:, 0], math.inf))
+    ideal = torch.cumsum(discount, 0)  # ideal[m - 1] = IDCG with m relevant items in reach
+    cols: Dict[str, List[torch.Tensor]] = {"recall": [], "mrr": [], "ndcg": []}
+    for k in ks:
+        cols["recall"].append(h[:, :k].sum(1) / n[:, 0])
+        cols["mrr"].append(torch.where(first <= k, 1.0 / first, torch.zeros_like(first)))
+        reach = torch.clamp(n[:, 0], max=k).long() - 1
+        cols["ndcg"].append((h[:, :k] * discount[:k]).sum(1) / ideal[reach])
+    return torch.stack([c for name in ("recall", "mrr", "ndcg") for c in cols[name]], dim=1)
+
+
+def ranking_metric_names(ks: Sequence[int]) -> List[str]:
+    """``["recall@k" for k in ks] + ["mrr@k" ...] + ["ndcg@k" ...]``, the columns of
+    :func:`ranking_metrics_per_user`."""
+    return [f"{name}@{k}" for name in ("recall", "mrr", "ndcg") for k in ks]
 
 
 def gather(tensor: torch.Tensor, group: Optional[dist.ProcessGroup] = None) -> torch.Tensor:

@@ -22,6 +22,7 @@ from recdim.train.distributed import DistContext, build_optimizer, init_distribu
 from recdim.train.hooks import StepHook
 from recdim.train.memory import peak_memory
 from recdim.train.model_io import save_model
+from recdim.train.ranking import RankingEvaluator, build_topk
 from recdim.train.resume import CheckpointHook
 from recdim.train.trainer import Trainer
 
@@ -40,10 +41,12 @@ class Session:
     model: RecModel
     dmp: Any
     trainer: Trainer
-    train_loader: TrainLoader
-    val_loader: EvalLoader
+    train_loader: TrainLoader  # a NegativeSamplingLoader for train.task = "topk"
+    val_loader: EvalLoader  # a RankingEvaluator for train.task = "topk"
 
     def eval_loader(self, split: str) -> EvalLoader:
+        if isinstance(self.val_loader, RankingEvaluator):
+            return self.val_loader.for_split(split)
         weighted = self.dataset.schema.is_weighted
         return EvalLoader(
             self.splits[split],
@@ -89,6 +92,9 @@ def open_session(
         splits["train"], features, cfg.train.batch_size, ctx.rank, ctx.world_size, cfg.train.seed, weighted
     )
     val_loader = EvalLoader(splits["val"], features, cfg.train.eval_batch_size, ctx.rank, ctx.world_size, weighted)
+    if cfg.train.task == "topk":  # sampled negatives for training, full ranking for validation / test
+        topk = build_topk(cfg.train, ds.schema, features, splits, ctx.rank, ctx.world_size)
+        train_loader, val_loader = topk.train_loader, topk.val
     trainer = Trainer(dmp, optimizer, ds.schema.label, cfg.train, ctx)
     session = Session(cfg, ctx, ds, features, splits, model, dmp, trainer, train_loader, val_loader)
     trainer.hooks = list(hooks(session))

@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 import time
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence, Union
 
 import torch
 from torch import nn
@@ -13,16 +13,24 @@ from tqdm import tqdm
 
 from recdim.config import TrainConfig
 from recdim.data.loader import EvalLoader, TrainLoader
+from recdim.data.negatives import NegativeSamplingLoader
 from recdim.data.schema import LabelKind
 from recdim.modules.table_init import restore, snapshot
 from recdim.train.distributed import DistContext
 from recdim.train.hooks import StepHook
 from recdim.train.metrics import compute_metrics, gather
+from recdim.train.ranking import RankingEvaluator
 
 
 def primary_metric(label_kind: LabelKind) -> tuple[str, bool]:
     """``(name, higher_is_better)`` of the metric used for model selection and early stopping."""
     return ("auc", True) if label_kind == LabelKind.BINARY else ("mse", False)
+
+
+def selection_metric(label_kind: LabelKind, cfg: TrainConfig) -> tuple[str, bool]:
+    """``(name, higher_is_better)`` of the validation metric that selects the epoch: ``cfg.ranking.select``
+    for top-k recommendation (every ranking metric is higher-is-better), else :func:`primary_metric`."""
+    return (cfg.ranking.select, True) if cfg.task == "topk" else primary_metric(label_kind)
 
 
 @dataclass
@@ -69,9 +77,10 @@ class Trainer:
 
     Each step: forward on this rank's part of the global batch, mean loss, backward (the fused table
     optimizer updates the tables during backward), then one step of the dense optimizer. After every
-    epoch the validation split is scored globally (AUC / logloss, or MSE); the best epoch's state is kept
-    and restored at the end, and training stops after ``patience`` epochs without improvement. Test is
-    never read here.
+    epoch the validation split is scored globally (AUC / logloss, or MSE; for ``train.task = "topk"`` a
+    :class:`~recdim.train.ranking.RankingEvaluator` ranks every item per user and ``ranking.select``
+    picks the epoch); the best epoch's state is kept and restored at the end, and training stops after
+    ``patience`` epochs without improvement. Test is never read here.
 
     Args:
         model: the DistributedModelParallel model; called as ``model(dense, kjt) -> [B]``.
@@ -104,6 +113,7 @@ class Trainer:
         self.ctx = ctx
         self.hooks = list(hooks)
         self.loss_fn: nn.Module = nn.BCEWithLogitsLoss() if label_kind == LabelKind.BINARY else nn.MSELoss()
+        self.selection = selection_metric(label_kind, cfg)
         self.global_step = 0
         self.epoch = 0
         self.fit_state = FitState()
@@ -137,23 +147,28 @@ class Trainer:
         lab_t = torch.cat(labels) if labels else torch.zeros(0, dtype=torch.float64)
         return gather(out_t), gather(lab_t)
 
-    def evaluate(self, loader: EvalLoader) -> Dict[str, float]:
-        """Global metrics over the whole split (identical on every rank)."""
+    def evaluate(self, loader: Union[EvalLoader, RankingEvaluator]) -> Dict[str, float]:
+        """Global metrics over the whole split (identical on every rank); a :class:`RankingEvaluator` gives
+        the split's full-ranking metrics instead."""
+        if isinstance(loader, RankingEvaluator):
+            return loader.evaluate(self.model, self.ctx.device)
         outputs, labels = self.predict(loader)
         return compute_metrics(self.label_kind, labels, outputs)
 
     def _better(self, a: float, b: Optional[float]) -> bool:
-        _, higher = primary_metric(self.label_kind)
+        _, higher = self.selection
         return b is None or (a > b if higher else a < b)
 
-    def fit(self, train: TrainLoader, val: EvalLoader) -> FitResult:
+    def fit(
+        self, train: Union[TrainLoader, NegativeSamplingLoader], val: Union[EvalLoader, RankingEvaluator]
+    ) -> FitResult:
         """Trains up to ``cfg.epochs`` epochs with early stopping on validation; restores the best state.
 
         Starts from :attr:`fit_state`, which a hook's ``on_train_start`` may restore from a checkpoint
         (:class:`~recdim.train.resume.CheckpointHook`); training then continues at the saved step of the
         saved epoch.
         """
-        name, _ = primary_metric(self.label_kind)
+        name, _ = self.selection
         self.fit_state, self.epoch = FitState(), 0
         for hook in self.hooks:
             hook.on_train_start(self)
