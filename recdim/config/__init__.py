@@ -11,18 +11,17 @@ Example::
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal, Optional, Tuple, get_args
+from typing import Dict, Literal, Optional, Tuple
 
+from recdim.config.arches import ARCHES, Arch, PNNProduct  # noqa: F401  (re-exported)
 from recdim.config.autodim import AutoDimConfig
 from recdim.config.baseline import BaselineConfig
 from recdim.config.compare import CompareConfig
 from recdim.config.dnis import DNISConfig
 from recdim.config.methods import entry
 from recdim.config.pep import PEPConfig
+from recdim.config.ranking import RankingConfig
 from recdim.config_io import ConfigError, load_config  # noqa: F401  (re-exported)
-
-Arch = Literal["dlrm", "deepfm", "fm", "wide_deep", "mf", "mlp", "neumf"]
-ARCHES: Tuple[str, ...] = get_args(Arch)
 
 
 @dataclass(frozen=True)
@@ -50,6 +49,21 @@ class TabularConfig:
         label_kind: ``binary`` or ``rating``.
         time_column: optional column used by ``split_by = "time"``.
         delimiter: CSV delimiter.
+        label_map: label text -> label value, for string labels (e.g. ``{"<=50K" = 0, ">50K" = 1}``);
+            cells are compared with surrounding whitespace removed, and a label not in the map is a
+            malformed row. Empty: the label column holds numbers.
+        time_format: how ``time_column`` is read: ``number`` (e.g. unix seconds), ``iso8601`` (ISO 8601
+            dates / timestamps such as ``2012-03-01T10:00:00Z``, converted to seconds since 1970 UTC; no
+            offset means UTC) or ``auto`` (a cell that is a number is taken as one, anything else must be
+            ISO 8601; so a bare year ``2012`` is a number unless ``iso8601`` is set).
+
+    Example::
+
+        [prepare.tabular]
+        label = "income"
+        label_map = {"<=50K" = 0, ">50K" = 1}
+        time_column = "signup"
+        time_format = "iso8601"
     """
 
     fields: Tuple[TabularFieldConfig, ...] = ()
@@ -57,6 +71,43 @@ class TabularConfig:
     label_kind: Literal["binary", "rating"] = "binary"
     time_column: str = ""
     delimiter: str = ","
+    label_map: Dict[str, float] = field(default_factory=dict)
+    time_format: Literal["auto", "number", "iso8601"] = "auto"
+
+    def __post_init__(self) -> None:
+        keys = [k.strip() for k in self.label_map]
+        if "" in keys or len(set(keys)) != len(keys):
+            raise ValueError(f"tabular.label_map: keys must be distinct non-empty labels, got {list(self.label_map)}")
+        values = [float(v) for v in self.label_map.values()]
+        if any(v != v or v in (float("inf"), float("-inf")) for v in values):
+            raise ValueError(f"tabular.label_map: values must be finite numbers, got {self.label_map}")
+        if self.label_kind == "binary" and any(v not in (0.0, 1.0) for v in values):
+            raise ValueError(f"tabular.label_map: binary labels map to 0 or 1, got {self.label_map}")
+
+
+@dataclass(frozen=True)
+class MovieLensConfig:
+    """Which MovieLens layout a directory holds (``prepare.source = "movielens"``).
+
+    Args:
+        variant: ``auto`` (detected from the files: ``u.data`` -> ``ml-100k``; ``ratings.dat`` with
+            ``users.dat`` -> ``ml-1m``, without -> ``ml-10m``; ``ratings.csv`` -> ``ml-20m``, also the
+            ml-25m / ml-latest layout), or one of those names.
+    """
+
+    variant: Literal["auto", "ml-100k", "ml-1m", "ml-10m", "ml-20m"] = "auto"
+
+
+@dataclass(frozen=True)
+class AmazonConfig:
+    """Layout of an Amazon review ratings CSV (``prepare.source = "amazon"``).
+
+    Args:
+        order: the column order of the headerless file: ``user,item,rating,timestamp`` (the 2014
+            release's ``ratings_*.csv``) or ``item,user,rating,timestamp`` (the 2018 release).
+    """
+
+    order: Literal["user,item,rating,timestamp", "item,user,rating,timestamp"] = "user,item,rating,timestamp"
 
 
 @dataclass(frozen=True)
@@ -96,8 +147,8 @@ class PrepareConfig:
         source: reader to use.
         input: raw file or directory (unused for ``synthetic``).
         output: output directory of the prepared dataset.
-        task: for MovieLens, ``rating`` (regression) or ``ctr`` (rating >= 4 positive, <= 2 negative,
-            3 dropped).
+        task: for MovieLens and Amazon ratings, ``rating`` (regression) or ``ctr`` (rating >= 4 positive,
+            <= 2 negative, 3 dropped).
         min_count: categorical values seen fewer times in the train split map to the field's OOV id.
         split: train / val / test fractions.
         split_by: ``random`` (seeded) or ``time`` (where the data has a timestamp).
@@ -109,9 +160,11 @@ class PrepareConfig:
         max_bad_rows: malformed rows to skip and count; 0 means the first one is an error.
         tabular: schema of a generic CSV / Parquet input.
         synthetic: synthetic generator settings.
+        movielens: the MovieLens layout (detected by default).
+        amazon: the column order of an Amazon ratings CSV.
     """
 
-    source: Literal["movielens", "criteo", "avazu", "tabular", "synthetic"] = "synthetic"
+    source: Literal["movielens", "criteo", "avazu", "kdd12", "amazon", "tabular", "synthetic"] = "synthetic"
     input: str = ""
     output: str = "data/prepared"
     task: Literal["rating", "ctr"] = "rating"
@@ -125,6 +178,8 @@ class PrepareConfig:
     max_bad_rows: int = 0
     tabular: TabularConfig = field(default_factory=TabularConfig)
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
+    movielens: MovieLensConfig = field(default_factory=MovieLensConfig)
+    amazon: AmazonConfig = field(default_factory=AmazonConfig)
 
     def __post_init__(self) -> None:
         if abs(sum(self.split) - 1.0) > 1e-6 or min(self.split) < 0:
@@ -151,12 +206,18 @@ class ModelConfig:
     """The interaction arch and the embedding width K shared by all features.
 
     Args:
-        arch: one of ``dlrm``, ``deepfm``, ``fm``, ``wide_deep``, ``mf``, ``mlp``, ``neumf``.
+        arch: one of ``dlrm``, ``deepfm``, ``fm``, ``wide_deep``, ``mf``, ``mlp``, ``neumf``, ``autoint``,
+            ``nfm``, ``pnn``, ``lr`` (:data:`~recdim.config.arches.ARCHES`).
         embedding_dim: K, the common width every provider returns.
-        mlp: hidden sizes of the deep part (DLRM's top MLP, DeepFM / W&D / MLP / NeuMF deep tower).
+        mlp: hidden sizes of the deep part (DLRM's top MLP, DeepFM / W&D / MLP / NeuMF deep tower, the MLP
+            of NFM and PNN).
         bottom_mlp: DLRM bottom MLP hidden sizes (its last layer is K wide).
-        dropout: dropout in the deep parts.
+        dropout: dropout in the deep parts (NFM: on the bi-interaction vector too).
         pooling: ``sum`` or ``mean`` pooling of multi-valued bags.
+        attention_layers: AutoInt's interacting (self-attention) layers.
+        attention_heads: AutoInt's attention heads per layer.
+        attention_dim: AutoInt's width per head d'; a layer outputs ``attention_heads * attention_dim``.
+        pnn_product: PNN's product layer: ``inner`` (IPNN), ``outer`` (OPNN) or ``both`` (PNN*).
     """
 
     arch: Arch = "dlrm"
@@ -165,10 +226,17 @@ class ModelConfig:
     bottom_mlp: Tuple[int, ...] = (32,)
     dropout: float = 0.0
     pooling: Literal["sum", "mean"] = "sum"
+    attention_layers: int = 3
+    attention_heads: int = 2
+    attention_dim: int = 32
+    pnn_product: PNNProduct = "inner"
 
     def __post_init__(self) -> None:
         if self.embedding_dim <= 0 or self.embedding_dim % 4:
             raise ValueError(f"embedding_dim must be a positive multiple of 4 (FBGEMM's TBE), got {self.embedding_dim}")
+        for name in ("attention_layers", "attention_heads", "attention_dim"):
+            if int(getattr(self, name)) < 1:
+                raise ValueError(f"model.{name} must be >= 1, got {getattr(self, name)}")
 
 
 @dataclass(frozen=True)
@@ -200,6 +268,11 @@ class TrainConfig:
             (later checkpoints replace it); ``continue`` resumes with the new config deliberately
             (recorded in the results). Output-only keys (``progress``, ``log_every``, checkpoint
             settings) never count as changes.
+        task: ``pointwise`` scores every row of a split (AUC / logloss, or MSE); ``topk`` is top-k
+            recommendation: training adds sampled negatives, validation and test rank every item per user
+            (Recall / MRR / NDCG at k, :mod:`recdim.train.ranking`), and ``ranking.select`` picks the epoch.
+            ``topk`` needs binary labels (e.g. MovieLens ``prepare.task = "ctr"``).
+        ranking: top-k settings (used when ``task = "topk"``).
     """
 
     epochs: int = 5
@@ -220,6 +293,8 @@ class TrainConfig:
     checkpoint_every: int = 0
     keep_checkpoints: int = 2
     resume: Literal["check", "fresh", "continue"] = "check"
+    task: Literal["pointwise", "topk"] = "pointwise"
+    ranking: RankingConfig = field(default_factory=RankingConfig)
 
     def __post_init__(self) -> None:
         if self.epochs < 1 or self.batch_size < 1:

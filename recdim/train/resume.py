@@ -33,6 +33,8 @@ from torch.distributed.checkpoint.stateful import Stateful
 from torchrec.datasets.utils import Batch
 from torchrec.optim.keyed import KeyedOptimizerWrapper
 
+from recdim.config import Config
+from recdim.config_io import to_dict
 from recdim.train.checkpoint import Checkpointer
 from recdim.train.faults import maybe_crash
 from recdim.train.hooks import StepHook
@@ -225,7 +227,8 @@ class CheckpointHook(StepHook):
             return
         if self.config is not None:
             saved = Checkpointer.read_meta(path).get("config")
-            changes = config_changes(saved, self.config) if saved is not None else ["(no config recorded)"]
+            defaults = to_dict(Config())
+            changes = config_changes(saved, self.config, defaults) if saved is not None else ["(no config recorded)"]
             if changes and self.resume == "fresh":
                 log.warning("%s: written with another config; starting over (train.resume = fresh)", path)
                 return
@@ -272,13 +275,24 @@ def _flat(d: Any, prefix: str = "") -> Dict[str, Any]:
     return out
 
 
-def config_changes(saved: Dict[str, Any], current: Dict[str, Any]) -> List[str]:
+def config_changes(
+    saved: Dict[str, Any], current: Dict[str, Any], defaults: Optional[Dict[str, Any]] = None
+) -> List[str]:
     """``"key: old -> new"`` for every config value that differs, output-only keys left out.
+
+    A key the saved config does not have (a setting added since it was written) counts as unchanged
+    when its current value is its default in ``defaults`` (the default config, as a dict).
 
     Example::
 
         config_changes({"train": {"lr": 0.001}}, {"train": {"lr": 0.01}})   # ["train.lr: 0.001 -> 0.01"]
     """
-    a, b = _flat(saved), _flat(current)
-    keys = sorted(k for k in set(a) | set(b) if k not in OUTPUT_ONLY and a.get(k, "<unset>") != b.get(k, "<unset>"))
+    a, b, d = _flat(saved), _flat(current), _flat(defaults or {})
+    keys = sorted(
+        k
+        for k in set(a) | set(b)
+        if k not in OUTPUT_ONLY
+        and a.get(k, "<unset>") != b.get(k, "<unset>")
+        and not (k not in a and k in d and b.get(k) == d[k])
+    )
     return [f"{k}: {a.get(k, '<unset>')!r} -> {b.get(k, '<unset>')!r}" for k in keys]

@@ -334,3 +334,15 @@ def test_a_changed_config_is_refused_unless_asked(data, reference, tmp_path, cap
     assert res["resumed_from_step"] == 24 and res["config_changes_on_resume"] == ["train.lr: 0.001 -> 0.01"]
     assert main([*args, "--set", "train.lr=0.01", "--set", "train.resume=fresh"]) == 0
     assert _results(run)["resumed_from_step"] is None
+
+
+def test_a_setting_added_since_the_checkpoint_counts_as_unchanged_at_its_default():
+    from recdim.train.resume import config_changes
+
+    defaults = {"model": {"arch": "dlrm", "heads": 2}, "train": {"lr": 0.001}}
+    saved = {"model": {"arch": "dlrm"}, "train": {"lr": 0.001}}
+    assert config_changes(saved, defaults, defaults) == []
+    assert config_changes(saved, {"model": {"arch": "dlrm", "heads": 4}, "train": {"lr": 0.001}}, defaults) == [
+        "model.heads: '<unset>' -> 4"
+    ]
+    assert config_changes(saved, defaults) == ["model.heads: '<unset>' -> 2"]  # no defaults: every new key counts
