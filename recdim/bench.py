@@ -78,7 +78,7 @@ def available(directory: Union[str, Path, None] = None) -> Dict[str, Path]:
 
     Example::
 
-        sorted(available())   # ['lookup_throughput', 'retrain_memory', ..., 'train_throughput']
+        sorted(available())   # ['artifact_bytes', 'lookup_throughput', 'retrain_memory', ..., 'train_throughput']
     """
     d = Path(directory) if directory is not None else benchmarks_dir()
     return {p.stem: p for p in sorted(d.glob("*.py")) if not p.name.startswith("_")}

@@ -89,7 +89,16 @@ def cmd_export(cfg: Config, args: argparse.Namespace) -> int:
     from recdim.export.from_run import export_run
 
     path = export_run(Path(args.from_dir), Path(args.out))
-    print(f"artifact: {path}")
+    if args.dtype != "float32":
+        from recdim.export.recode import recode_artifact
+
+        recode_artifact(path, args.dtype)
+    print(f"artifact: {path} ({args.dtype} values)")
+    if args.torchrec:
+        from recdim.export.torchrec_export import export_torchrec
+
+        export_torchrec(path, Path(args.torchrec))
+        print(f"TorchRec export: {args.torchrec}")
     return 0
 
 
@@ -182,6 +191,18 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--method", choices=list(method_names("search")), help="overrides search.method")
         if name in ("prune", "retrain", "export"):
             p.add_argument("--from", dest="from_dir", required=True, help="the run directory to start from")
+        if name == "export":
+            p.add_argument(
+                "--dtype",
+                choices=["float32", "float16", "int8"],
+                default="float32",
+                help="stored table values: float32 (exact), float16, or int8 row-wise (default: float32)",
+            )
+            p.add_argument(
+                "--torchrec",
+                metavar="DIR",
+                help="also write the tier tables as TorchRec EmbeddingBagConfigs + state dict to DIR",
+            )
         if name in ("predict", "inspect"):
             p.add_argument("--model", required=True, help="an exported artifact directory")
         if name == "compare":

@@ -6,10 +6,22 @@ Layout::
     <dir>/arch.safetensors              the interaction arch's state dict
     <dir>/vocab/<field>.parquet         the dataset's vocabularies (when its prepare saved them, see
                                         :mod:`recdim.export.dataset_record`)
-    <dir>/tables/<i>-<table>.safetensors
-        tier<j>.values      [n_j, d_j] float32
-        tier<j>.column_map  [d_j] or [n_j, d_j] int8 / int16
-        remap               [N] (dense remap)   or   run_starts, run_bases [R] (run remap)
+    <dir>/tables/<i>-<table>.safetensors     one table at the byte floor (recdim.layout.packed_table):
+        rows.kept           [ceil(N / 8)] uint8      bitmap of the ids that keep anything (rank = kept row)
+        lengths.packed      uint8, kept width - 1 per kept row in ceil(log2 K) bits, or as runs:
+        or lengths.run_ends, lengths.run_values     (masks "prefix" and "sets")
+        mask.ranks          uint8, each kept row's column set as its subset rank (mask "sets", K <= 64)
+        or mask.bits        [ceil(R * K / 8)] uint8, one bit per (kept row, column) (mask "bits")
+        values              [nnz] float32 / float16 / uint8 (int8 row-wise), jagged, kept rows in id order
+        scale, bias         [R] float16 (int8 only: v = q * scale + bias)
+        tier<j>.column_map  [d_j] int8 / int16, shared tiers only
+        rows.tier           packed tier per kept row, only when rows are not placed by the default rule
+    (the manifest's table entry: sizes, mask kind, values dtype, tiers, and bytes as stored beside the
+    floor / CSR / uniform / training-layout costs; see recdim.export.table_files)
+
+Loading rebuilds the tier tables the serving provider looks up (:mod:`recdim.export.packed_plan`).
+Format v2 (this one) stores tables packed; v1 artifacts (padded tiers, dense remaps) are refused with a
+message to re-export them.
 
 Nothing is pickled: tensors load with ``safetensors`` and the manifest is JSON. Every tensor file is
 written to a temporary name, fsynced and renamed; the manifest is written last the same way (and an old
@@ -36,16 +48,16 @@ from recdim.config_io import from_dict, to_dict
 from recdim.data.schema import FieldKind, Schema
 from recdim.data.vocab_store import VocabError
 from recdim.export.dataset_record import DatasetRecord
+from recdim.export.table_files import BYTE_KEYS, decode_table, encode_table
 from recdim.fsio import fsync_dir, write_atomic
-from recdim.layout.tier_plan import TablePlan, TierPlan, remap_from_tensors
+from recdim.layout.tier_plan import TablePlan
+from recdim.layout.value_codec import VALUE_DTYPES
 
 FORMAT = "recdim-mixed-dim"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 MANIFEST = "manifest.json"
 MANIFEST_DIGEST = "manifest.sha256"
 ARCH_FILE = "arch.safetensors"
-
-_DTYPES = {str(d).replace("torch.", ""): d for d in (torch.float32, torch.int8, torch.int16, torch.int32, torch.int64)}
 
 
 class ArtifactError(ValueError):
@@ -63,10 +75,11 @@ class Artifact:
         model: the arch config (K, arch, MLP sizes, pooling).
         features: sparse features in provider order (F).
         plans: one table plan per feature.
-        tier_values: ``{table: [per tier [n_j, d_j] float32]}``.
+        tier_values: ``{table: [per tier [n_j, d_j] float32]}`` (decoded from the stored dtype).
         arch_state: the arch's state dict.
         dataset: the encoding of the dataset the model was trained on (vocabularies, fingerprint), or None
             for an artifact whose dataset saved none.
+        values_dtype: how the table values are stored: ``"float32"``, ``"float16"`` or ``"int8"``.
     """
 
     path: Path
@@ -78,6 +91,7 @@ class Artifact:
     tier_values: Dict[str, List[torch.Tensor]]
     arch_state: Dict[str, torch.Tensor]
     dataset: Optional[DatasetRecord] = None
+    values_dtype: str = "float32"
 
     @property
     def multi_valued(self) -> List[str]:
@@ -86,10 +100,6 @@ class Artifact:
     @property
     def is_weighted(self) -> bool:
         return any(self.schema[f].kind == FieldKind.WEIGHTED for f in self.features)
-
-
-def _dtype_name(t: torch.Tensor) -> str:
-    return str(t.dtype).replace("torch.", "")
 
 
 def _write_tensors(root: Path, rel: str, tensors: Mapping[str, torch.Tensor]) -> Dict[str, Any]:
@@ -111,18 +121,21 @@ def write_artifact(
     schema: Schema,
     extra: Optional[Mapping[str, Any]] = None,
     dataset: Optional[DatasetRecord] = None,
+    values_dtype: str = "float32",
 ) -> Dict[str, Any]:
     """Writes an artifact directory (tensor files first, the manifest last and atomically).
 
     Args:
         path: the directory (created; an existing artifact there is replaced, its manifest removed first).
         plans: one plan per sparse feature, in provider order.
-        tier_values: ``{table: per tier [n_j, d_j]}`` (stored as float32).
+        tier_values: ``{table: per tier [n_j, d_j]}``, stored packed (see the module docstring).
         arch_state: the arch's state dict.
         model: the arch config.
         schema: the feature schema (its sparse fields must include every plan's feature).
         extra: JSON-ready metadata stored under ``"extra"`` (metrics, run config, ...).
         dataset: the training dataset's encoding, stored so raw rows can be scored (None: ids only).
+        values_dtype: the kept values as ``"float32"`` (exact), ``"float16"`` or ``"int8"`` (row-wise
+            scale and bias; see :mod:`recdim.layout.value_codec` for the error bounds).
 
     Returns:
         The manifest written.
@@ -131,6 +144,8 @@ def write_artifact(
 
         write_artifact("out/model", plans, provider.tier_weights(), model.arch.state_dict(), cfg.model, schema)
     """
+    if values_dtype not in VALUE_DTYPES:
+        raise ValueError(f"values_dtype {values_dtype!r}; expected one of {', '.join(VALUE_DTYPES)}")
     root = Path(path)
     (root / "tables").mkdir(parents=True, exist_ok=True)
     manifest_path = root / MANIFEST
@@ -139,55 +154,21 @@ def write_artifact(
         fsync_dir(root)
     files: Dict[str, Any] = {ARCH_FILE: _write_tensors(root, ARCH_FILE, arch_state)}
     tables = []
-    totals = {"values": 0, "column_maps": 0, "remap": 0, "uniform": 0, "floor": 0}
+    totals = {k: 0 for k in BYTE_KEYS}
     for i, plan in enumerate(plans):
-        if plan.feature not in schema.fields_by_name:
-            raise ValueError(f"table {plan.name}: feature {plan.feature!r} is not in the schema")
-        values = [v.detach().to(torch.float32) for v in tier_values[plan.name]]
-        if len(values) != len(plan.tiers):
-            raise ValueError(f"table {plan.name}: {len(values)} tier tensors for {len(plan.tiers)} tiers")
-        tensors: Dict[str, torch.Tensor] = {}
-        for j, (t, v) in enumerate(zip(plan.tiers, values)):
-            if tuple(v.shape) != (t.num_rows, t.width):
-                raise ValueError(f"{t.name}: values {tuple(v.shape)} != [{t.num_rows}, {t.width}]")
-            tensors[f"tier{j}.values"] = v
-        tensors.update(plan.tensors())
+        if plan.feature not in schema.sparse_names:
+            raise ValueError(f"table {plan.name}: feature {plan.feature!r} is not a sparse field of the schema")
+        if schema[plan.feature].num_embeddings != plan.num_embeddings:
+            raise ValueError(
+                f"table {plan.name}: {plan.num_embeddings} rows, the schema's {plan.feature!r} has "
+                f"{schema[plan.feature].num_embeddings}"
+            )
+        tensors, entry = encode_table(plan, list(tier_values[plan.name]), values_dtype)
         rel = _file_name(i, plan.name)
         files[rel] = _write_tensors(root, rel, tensors)
-        b = plan.bytes()
         for k in totals:
-            totals[k] += getattr(b, k)
-        tables.append(
-            {
-                "name": plan.name,
-                "feature": plan.feature,
-                "file": rel,
-                "num_embeddings": plan.num_embeddings,
-                "embedding_dim": plan.embedding_dim,
-                "kept_rows": plan.kept_rows,
-                "dropped_rows": plan.dropped_rows,
-                "remap": {
-                    "kind": plan.remap.kind,
-                    "tensors": {
-                        k: {"dtype": _dtype_name(v), "shape": list(v.shape)} for k, v in plan.remap.tensors().items()
-                    },
-                },
-                "tiers": [
-                    {
-                        "name": t.name,
-                        "feature_name": t.feature_name,
-                        "width": t.width,
-                        "rows": t.num_rows,
-                        "column_map": "shared" if t.shared else "per_row",
-                        "values_dtype": "float32",
-                        "map_dtype": _dtype_name(t.column_map),
-                    }
-                    for t in plan.tiers
-                ],
-                "bytes": b.to_dict(),
-            }
-        )
-    totals["total"] = totals["values"] + totals["column_maps"] + totals["remap"]
+            totals[k] += entry["bytes"][k]
+        tables.append({"file": rel, **entry})
     manifest = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
@@ -195,6 +176,7 @@ def write_artifact(
         "model": to_dict(model),
         "features": [p.feature for p in plans],
         "num_dense": len(schema.dense_names),
+        "values_dtype": values_dtype,
         "tables": tables,
         "bytes": totals,
         "files": files,
@@ -258,43 +240,16 @@ def _read_dataset(root: Path, manifest: Mapping[str, Any], schema: Schema) -> Op
         raise ArtifactError(f"{root / MANIFEST}: {e}") from e
 
 
-def _expect(
-    tensors: Mapping[str, torch.Tensor], name: str, dtype: str, shape: Sequence[int], where: str
-) -> torch.Tensor:
-    if name not in tensors:
-        raise ArtifactError(f"{where}: tensor {name!r} missing")
-    t = tensors[name]
-    if _dtype_name(t) != dtype or list(t.shape) != list(shape):
-        raise ArtifactError(
-            f"{where}: tensor {name!r} is {_dtype_name(t)}{list(t.shape)}, the manifest says {dtype}{list(shape)}"
-        )
-    return t
-
-
 def _load_table(
-    root: Path, entry: Mapping[str, Any], tensors: Mapping[str, torch.Tensor]
-) -> Tuple[TablePlan, List[torch.Tensor]]:
+    root: Path, entry: Mapping[str, Any], tensors: Mapping[str, torch.Tensor], K: int
+) -> Tuple[TablePlan, List[torch.Tensor], Dict[str, int]]:
     where = str(root / entry["file"])
-    N, K = int(entry["num_embeddings"]), int(entry["embedding_dim"])
-    tiers, values = [], []
-    for j, t in enumerate(entry["tiers"]):
-        n, d = int(t["rows"]), int(t["width"])
-        values.append(_expect(tensors, f"tier{j}.values", t["values_dtype"], [n, d], where))
-        shape = [d] if t["column_map"] == "shared" else [n, d]
-        cmap = _expect(tensors, f"tier{j}.column_map", t["map_dtype"], shape, where)
-        if bool(((cmap < -1) | (cmap >= K)).any()):
-            raise ArtifactError(f"{where}: tier{j}.column_map has columns outside [-1, {K})")
-        tiers.append(TierPlan(t["name"], t["feature_name"], d, n, cmap))
-    spec = entry["remap"]
-    remap_t = {k: _expect(tensors, k, v["dtype"], v["shape"], where) for k, v in spec["tensors"].items()}
+    if int(entry["embedding_dim"]) != K:
+        raise ArtifactError(f"{where}: embedding_dim {entry['embedding_dim']} != the model's {K}")
     try:
-        plan = TablePlan(entry["name"], entry["feature"], N, K, tuple(tiers), remap_from_tensors(spec["kind"], remap_t))
-    except ValueError as e:
+        return decode_table(entry, tensors)
+    except (ValueError, TypeError) as e:
         raise ArtifactError(f"{where}: {e}") from e
-    rows = plan.global_rows()
-    if rows.numel() and (int(rows.max()) >= plan.kept_rows or int(rows.min()) < -1):
-        raise ArtifactError(f"{where}: remap points outside the {plan.kept_rows} tier rows")
-    return plan, values
 
 
 def read_artifact(path: Union[str, Path]) -> Artifact:
@@ -326,31 +281,57 @@ def read_artifact(path: Union[str, Path]) -> Artifact:
         if isinstance(e, ArtifactError):
             raise
         raise ArtifactError(f"{manifest_path}: unreadable manifest: {e}") from e
+    if manifest.get("format") == FORMAT and manifest.get("format_version") == 1:
+        raise ArtifactError(
+            f"{manifest_path}: format v1 (padded tier tables), this reader knows v{FORMAT_VERSION} (packed tables); "
+            "re-export the model (recdim export --from RUN)"
+        )
     if manifest.get("format") != FORMAT or manifest.get("format_version") != FORMAT_VERSION:
         raise ArtifactError(
             f"{manifest_path}: format {manifest.get('format')!r} v{manifest.get('format_version')}, "
             f"this reader knows {FORMAT!r} v{FORMAT_VERSION}"
         )
     try:
-        schema = Schema.from_json(manifest["schema"])
+        try:
+            schema = Schema.from_json(manifest["schema"])
+        except ValueError as e:
+            raise ArtifactError(f"{manifest_path}: schema: {e}") from e
         model = from_dict(ModelConfig, manifest["model"], source=str(manifest_path), prefix="model")
         files = manifest["files"]
         arch_state = _read_verified(root, ARCH_FILE, files[ARCH_FILE])
+        values_dtype = manifest["values_dtype"]
         plans: List[TablePlan] = []
         tier_values: Dict[str, List[torch.Tensor]] = {}
+        totals = {k: 0 for k in BYTE_KEYS}
         for entry in manifest["tables"]:
             if entry["file"] not in files:
                 raise ArtifactError(f"{manifest_path}: table {entry['name']} file {entry['file']} has no checksum")
-            plan, values = _load_table(root, entry, _read_verified(root, entry["file"], files[entry["file"]]))
+            if entry["values_dtype"] != values_dtype:
+                raise ArtifactError(
+                    f"{manifest_path}: table {entry['name']} values_dtype {entry['values_dtype']!r} != the "
+                    f"artifact's {values_dtype!r}"
+                )
+            tensors = _read_verified(root, entry["file"], files[entry["file"]])
+            plan, values, got = _load_table(root, entry, tensors, model.embedding_dim)
             plans.append(plan)
             tier_values[plan.name] = values
+            for k in totals:
+                totals[k] += got[k]
+        if manifest["bytes"] != totals:
+            raise ArtifactError(f"{manifest_path}: bytes {manifest['bytes']} are not the tables' sum {totals}")
     except KeyError as e:
         raise ArtifactError(f"{manifest_path}: missing key {e}") from e
     features = [str(f) for f in manifest["features"]]
     if features != [p.feature for p in plans]:
         raise ArtifactError(f"{manifest_path}: features {features} do not match the tables' features")
+    for plan in plans:
+        if plan.feature not in schema.sparse_names or schema[plan.feature].num_embeddings != plan.num_embeddings:
+            raise ArtifactError(
+                f"{manifest_path}: table {plan.name} ({plan.num_embeddings} rows) does not match a sparse field "
+                f"{plan.feature!r} of that size in the schema"
+            )
     try:
         dataset = _read_dataset(root, manifest, schema)
     except KeyError as e:
         raise ArtifactError(f"{manifest_path}: dataset record: missing key {e}") from e
-    return Artifact(root, manifest, schema, model, features, plans, tier_values, arch_state, dataset)
+    return Artifact(root, manifest, schema, model, features, plans, tier_values, arch_state, dataset, values_dtype)

@@ -14,10 +14,12 @@ def summarize(path: Union[str, Path]) -> Dict[str, Any]:
     """A JSON-ready summary of the (verified) artifact at ``path``.
 
     Returns:
-        ``{"path", "format_version", "arch", "embedding_dim", "tables": [...], "bytes": {...}}``; each table:
-        ``name``, ``feature``, ``rows``, ``kept_rows``, ``dropped_rows``, ``tiers`` (name, width, rows, map
-        kind), ``kept_dims_histogram`` (``{dims: rows}``, 0 = dropped), ``mean_kept_dims``, ``bytes`` (values,
-        column_maps, remap, total, and the uniform / CSR / COO / floor costs of the same mask) and
+        ``{"path", "format_version", "values_dtype", "arch", "embedding_dim", "tables": [...], "bytes": {...}}``;
+        each table: ``name``, ``feature``, ``rows``, ``kept_rows``, ``dropped_rows``, ``mask`` (``prefix`` or
+        ``bits``), ``remap`` (the serving lookup's), ``tiers`` (name, width, rows, map kind),
+        ``kept_dims_histogram`` (``{dims: rows}``, 0 = dropped), ``mean_kept_dims``, ``bytes`` (as stored:
+        values, scales, mask, rows, tiers, total; the uniform / CSR / COO / floor costs of the same mask;
+        ``training``, the tier layout the lookup holds; see :mod:`recdim.export.table_files`) and
         ``compression`` (uniform bytes / stored bytes).
 
     Example::
@@ -27,10 +29,10 @@ def summarize(path: Union[str, Path]) -> Dict[str, Any]:
     """
     art = read_artifact(path)
     tables: List[Dict[str, Any]] = []
-    for plan in art.plans:
+    for plan, entry in zip(art.plans, art.manifest["tables"]):
         dims = plan.kept_dims()
         values, counts = torch.unique(dims, return_counts=True)
-        b = plan.bytes()
+        b = dict(entry["bytes"])
         tables.append(
             {
                 "name": plan.name,
@@ -38,6 +40,7 @@ def summarize(path: Union[str, Path]) -> Dict[str, Any]:
                 "rows": plan.num_embeddings,
                 "kept_rows": plan.kept_rows,
                 "dropped_rows": plan.dropped_rows,
+                "mask": entry["mask"],
                 "remap": plan.remap.kind,
                 "tiers": [
                     {
@@ -50,16 +53,16 @@ def summarize(path: Union[str, Path]) -> Dict[str, Any]:
                 ],
                 "kept_dims_histogram": {int(v): int(c) for v, c in zip(values.tolist(), counts.tolist())},
                 "mean_kept_dims": float(dims.float().mean()) if dims.numel() else 0.0,
-                "bytes": b.to_dict(),
-                "compression": b.compression,
+                "bytes": b,
+                "compression": b["uniform"] / b["total"] if b["total"] else float("inf"),
             }
         )
-    keys = ("values", "column_maps", "remap", "total", "uniform", "csr", "coo", "floor", "nnz")
-    totals = {k: sum(t["bytes"][k] for t in tables) for k in keys}
+    totals: Dict[str, Any] = dict(art.manifest["bytes"])
     totals["compression"] = totals["uniform"] / totals["total"] if totals["total"] else float("inf")
     return {
         "path": str(art.path),
         "format_version": art.manifest["format_version"],
+        "values_dtype": art.values_dtype,
         "arch": art.model.arch,
         "embedding_dim": art.model.embedding_dim,
         "features": art.features,
@@ -75,26 +78,30 @@ def _mb(n: int) -> str:
 def format_summary(summary: Dict[str, Any]) -> str:
     """Printable text of :func:`summarize`'s output."""
     lines = [
-        f"artifact {summary['path']} (format v{summary['format_version']}): arch {summary['arch']}, "
-        f"K={summary['embedding_dim']}, {len(summary['tables'])} tables",
+        f"artifact {summary['path']} (format v{summary['format_version']}, {summary['values_dtype']} values): "
+        f"arch {summary['arch']}, K={summary['embedding_dim']}, {len(summary['tables'])} tables",
         f"{'table':<24}{'rows':>10}{'kept':>10}{'dropped':>9}{'tiers':>7}{'mean dim':>9}"
-        f"{'values':>12}{'maps':>11}{'remap':>11}{'total':>12}{'uniform':>12}{'rate':>7}",
+        f"{'values':>12}{'mask':>11}{'index':>11}{'total':>12}{'floor':>12}{'uniform':>12}{'rate':>7}",
     ]
     for t in summary["tables"]:
         b = t["bytes"]
         lines.append(
             f"{t['name']:<24}{t['rows']:>10}{t['kept_rows']:>10}{t['dropped_rows']:>9}{len(t['tiers']):>7}"
-            f"{t['mean_kept_dims']:>9.2f}{_mb(b['values']):>12}{_mb(b['column_maps']):>11}{_mb(b['remap']):>11}"
-            f"{_mb(b['total']):>12}{_mb(b['uniform']):>12}{t['compression']:>6.1f}x"
+            f"{t['mean_kept_dims']:>9.2f}{_mb(b['values'] + b['scales']):>12}{_mb(b['mask']):>11}"
+            f"{_mb(b['rows'] + b['tiers']):>11}{_mb(b['total']):>12}{_mb(b['floor']):>12}{_mb(b['uniform']):>12}"
+            f"{t['compression']:>6.1f}x"
         )
         tiers = ", ".join(f"{x['width']}x{x['rows']}{'' if x['column_map'] == 'shared' else '*'}" for x in t["tiers"])
         hist = " ".join(f"{d}:{c}" for d, c in t["kept_dims_histogram"].items())
-        lines.append(f"    tiers (width x rows, * = per-row maps; remap {t['remap']}): {tiers or '-'}")
+        lines.append(
+            f"    {t['mask']} mask; serving tiers (width x rows, * = per-row maps; remap {t['remap']}, "
+            f"{_mb(b['training'])}): {tiers or '-'}"
+        )
         lines.append(f"    kept dims per row (dims:rows): {hist}")
     b = summary["bytes"]
     lines.append(
-        f"total: {_mb(b['total'])} (values {_mb(b['values'])}, maps {_mb(b['column_maps'])}, remap {_mb(b['remap'])}) "
-        f"vs uniform {_mb(b['uniform'])}: {b['compression']:.2f}x; CSR {_mb(b['csr'])}, COO {_mb(b['coo'])}, "
-        f"floor {_mb(b['floor'])}"
+        f"total stored: {_mb(b['total'])} (values {_mb(b['values'] + b['scales'])}, mask {_mb(b['mask'])}, "
+        f"row bitmap + tiers {_mb(b['rows'] + b['tiers'])}) vs uniform {_mb(b['uniform'])}: {b['compression']:.2f}x; "
+        f"floor {_mb(b['floor'])}, CSR {_mb(b['csr'])}, COO {_mb(b['coo'])}; serving tiers {_mb(b['training'])}"
     )
     return "\n".join(lines)

@@ -1,7 +1,8 @@
 """Exporting a trained tiered model, and serving one from its artifact.
 
 The serving model is ``RecModel(TieredEmbeddingProvider, arch)``: the same provider contract and arch
-as in training, with the tier tables, remaps and column maps read from the artifact.
+as in training, with the tier tables, remaps and column maps rebuilt from the artifact's packed tables
+(values decoded to float32: a float16 / int8 artifact serves its rounded values).
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ def export_model(
     schema: Schema,
     extra: Optional[Mapping[str, Any]] = None,
     dataset: Optional[DatasetRecord] = None,
+    values_dtype: str = "float32",
 ) -> Dict[str, Any]:
     """Writes an unsharded model whose provider is a :class:`TieredEmbeddingProvider` as an artifact.
 
@@ -41,6 +43,7 @@ def export_model(
         schema: the dataset's feature schema.
         extra: JSON-ready metadata (metrics, run config).
         dataset: the training dataset's encoding (raw-row serving), or None.
+        values_dtype: ``"float32"`` (exact), ``"float16"`` or ``"int8"`` (row-wise) stored values.
 
     Returns:
         The manifest written.
@@ -56,7 +59,15 @@ def export_model(
             "use export_masked for a pruned uniform model"
         )
     return write_artifact(
-        path, provider.plans, provider.tier_weights(), model.arch.state_dict(), model_cfg, schema, extra, dataset
+        path,
+        provider.plans,
+        provider.tier_weights(),
+        model.arch.state_dict(),
+        model_cfg,
+        schema,
+        extra,
+        dataset,
+        values_dtype,
     )
 
 
@@ -69,6 +80,7 @@ def export_masked(
     schema: Schema,
     extra: Optional[Mapping[str, Any]] = None,
     dataset: Optional[DatasetRecord] = None,
+    values_dtype: str = "float32",
 ) -> Dict[str, Any]:
     """Writes a pruned K-wide model as an artifact: tiers hold ``weights[table] ⊙ mask`` ([N, K] each).
 
@@ -77,7 +89,7 @@ def export_masked(
         export_masked("out/model", plans, {"t_user": w_user, ...}, model.arch, cfg.model, schema)
     """
     values = {p.name: tier_values(p, weights[p.name].detach().cpu().float()) for p in plans}
-    return write_artifact(path, plans, values, arch.state_dict(), model_cfg, schema, extra, dataset)
+    return write_artifact(path, plans, values, arch.state_dict(), model_cfg, schema, extra, dataset, values_dtype)
 
 
 class ServingModel(nn.Module):

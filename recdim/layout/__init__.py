@@ -9,4 +9,7 @@ providers in :mod:`recdim.modules` read these records, and the stages that produ
 - :mod:`recdim.layout.blocks`: frequency blocks (:class:`BlockPlan`) of DNIS / AutoSrh and the baselines.
 - :mod:`recdim.layout.dims`: per-row dimension assignments (:class:`DimAssignment`, segments, projections).
 - :mod:`recdim.layout.mixed_dim_blocks`: the per-block layout of mixed-dimension (MDE) tables.
+- :mod:`recdim.layout.packed_table`: a table as the serving artifact stores it, at the byte floor (with
+  :mod:`~recdim.layout.bitmap`, :mod:`~recdim.layout.bitpack`, :mod:`~recdim.layout.row_lengths`,
+  :mod:`~recdim.layout.subset_rank` and :mod:`~recdim.layout.value_codec`).
 """

@@ -91,21 +91,33 @@ def test_roundtrip_predictions_identical(exported, tmp_path):
     assert serving.model.provider.embedding_bytes() == model.provider.embedding_bytes()
 
 
+def _kind(name: str) -> str:
+    if name == "values":
+        return "values"
+    if name in ("scale", "bias"):
+        return "scales"
+    if name.startswith("mask."):
+        return "mask"
+    return "rows" if name == "rows.kept" else "tiers"
+
+
 def test_manifest_bytes_equal_tensor_bytes(exported):
+    """Stored bytes by kind are the tensors' bytes; the training layout's bytes are the provider's."""
     path, model, *_ = exported
     manifest = json.loads((path / MANIFEST).read_text())
-    total = {"values": 0, "column_maps": 0, "remap": 0}
+    kinds = ("values", "scales", "mask", "rows", "tiers")
+    total = dict.fromkeys(kinds, 0)
     for t in manifest["tables"]:
         tensors = load_file(str(path / t["file"]))
-        got = {"values": 0, "column_maps": 0, "remap": 0}
+        got = dict.fromkeys(kinds, 0)
         for name, v in tensors.items():
-            kind = "values" if name.endswith(".values") else "column_maps" if name.endswith(".column_map") else "remap"
-            got[kind] += v.numel() * v.element_size()
+            got[_kind(name)] += v.numel() * v.element_size()
         for k in got:
             assert t["bytes"][k] == got[k], (t["name"], k)
             total[k] += got[k]
-        assert t["bytes"]["total"] == sum(got.values())
-    assert manifest["bytes"]["total"] == sum(total.values()) == model.provider.embedding_bytes()
+        assert t["bytes"]["total"] == sum(got.values()) < t["bytes"]["training"]
+    assert manifest["bytes"]["total"] == sum(total.values())
+    assert manifest["bytes"]["training"] == model.provider.embedding_bytes()
     for rel, entry in manifest["files"].items():
         assert (path / rel).stat().st_size == entry["size"]
 
@@ -211,7 +223,8 @@ def test_inspect_summary(exported):
         assert sum(t["kept_dims_histogram"].values()) == p.num_embeddings
         assert t["kept_dims_histogram"].get(0, 0) == p.dropped_rows
         assert t["bytes"]["nnz"] == int(p.mask().sum())
-    assert s["bytes"]["total"] == model.provider.embedding_bytes()
+    assert s["bytes"]["training"] == model.provider.embedding_bytes()
+    assert s["bytes"]["total"] == json.loads((path / MANIFEST).read_text())["bytes"]["total"]
     text = format_summary(s)
     assert all(p.name in text for p in plans) and "uniform" in text
     json.dumps(s)
