@@ -1,73 +1,115 @@
-"""Id remaps as modules: original ids -> global tier rows (-1 for dropped ids), in the stored dtypes."""
+"""One id remap for every feature of a tiered provider: original ids -> lookup rows, one pass per remap kind."""
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import List, Optional, Sequence, Tuple
 
 import torch
 from torch import nn
 
-from recdim.layout.tier_plan import PAD, DenseRemap, IdRemap, RunRemap
+from recdim.layout.tier_plan import DenseRemap, RunRemap, TablePlan
+from recdim.layout.tier_routing import DROPPED_END, TierRouting
+
+DENSE, RUNS = "dense", "runs"
 
 
-class DenseRemapLookup(nn.Module):
-    """``remap[id]`` from a per-id array (int8 / int16 / int32 as planned).
-
-    Args:
-        remap: the plan's dense remap.
-        device: where the (replicated, non-trainable) buffer lives.
-
-    Call:
-        ids (Tensor): [L] int64 original ids.
+def _split_runs(plan: TablePlan) -> Tuple[torch.Tensor, torch.Tensor]:
+    """The plan's runs cut at its tier offsets, so that each run lies inside one tier (or is dropped).
 
     Returns:
-        Tensor: [L] int64 global tier rows, -1 for dropped ids.
+        ``(starts, bases)``: [R'] int64 first id and first plan row (-1 dropped) of every run.
     """
+    remap = plan.remap
+    assert isinstance(remap, RunRemap)
+    starts, bases = remap.starts.to(torch.int64), remap.bases.to(torch.int64)
+    ends = torch.cat([starts[1:], torch.tensor([plan.num_embeddings])])
+    new_starts, new_bases = [starts], [bases]
+    for o in plan.tier_offsets[1:-1]:
+        cut = (bases >= 0) & (bases < o) & (o < bases + ends - starts)
+        new_starts.append(starts[cut] + (o - bases[cut]))
+        new_bases.append(torch.full((int(cut.sum()),), o, dtype=torch.int64))
+    s, b = torch.cat(new_starts), torch.cat(new_bases)
+    order = torch.argsort(s)
+    return s[order], b[order]
 
-    def __init__(self, remap: DenseRemap, device: Optional[torch.device] = None) -> None:
-        super().__init__()
-        self.register_buffer("table", remap.table.clone().to(device), persistent=False)
 
-    def forward(self, ids: torch.Tensor) -> torch.Tensor:
-        return self.table.index_select(0, ids).to(torch.int64)
+class TierRemap(nn.Module):
+    """Original ids of every feature -> int32 rows of the tier collection's row space (see
+    :class:`~recdim.layout.tier_routing.TierRouting`).
 
-
-class RunRemapLookup(nn.Module):
-    """Run-length remap: ``bases[r] + id - starts[r]`` for the run r holding ``id`` (-1 for dropped runs).
+    Features with a dense remap share one concatenated int32 table (one ``index_select``), features with a run
+    remap one concatenated list of runs (one ``searchsorted``); a batch runs one such op per stretch of
+    consecutive features of one kind (one in all when every plan chose the same kind). Dropped ids land in
+    their feature's dropped bucket. Ids must lie in ``[0, N_f)``.
 
     Args:
-        remap: the plan's run remap.
-        device: where the buffers live.
+        plans: one plan per feature, in KJT order.
+        routing: their routing.
+        device: where the (replicated, non-trainable) buffers live.
 
     Call:
-        ids (Tensor): [L] int64 original ids.
+        ids (Tensor): [n] int64, the KJT's values (features in plan order).
+        length_per_key (List[int]): ids per feature.
 
     Returns:
-        Tensor: [L] int64 global tier rows, -1 for dropped ids.
-    """
-
-    def __init__(self, remap: RunRemap, device: Optional[torch.device] = None) -> None:
-        super().__init__()
-        self.register_buffer("starts", remap.starts.clone().to(device), persistent=False)
-        self.register_buffer("bases", remap.bases.clone().to(device), persistent=False)
-
-    def forward(self, ids: torch.Tensor) -> torch.Tensor:
-        starts = self.starts.to(torch.int64)
-        r = torch.searchsorted(starts, ids, right=True) - 1
-        base = self.bases.index_select(0, r).to(torch.int64)
-        return torch.where(base >= 0, base + ids - starts.index_select(0, r), torch.full_like(ids, PAD))
-
-
-def remap_lookup(remap: IdRemap, device: Optional[torch.device] = None) -> nn.Module:
-    """The lookup module for a plan's remap.
+        Tensor: [n] int32 lookup rows.
 
     Example::
 
-        lookup = remap_lookup(plan.remap)
-        rows = lookup(torch.tensor([0, 5, 7]))     # global tier rows, -1 where dropped
+        remap = TierRemap(plans, TierRouting.build(plans, set(), K))
+        rows = remap(kjt.values(), kjt.length_per_key())
     """
-    if isinstance(remap, DenseRemap):
-        return DenseRemapLookup(remap, device)
-    if isinstance(remap, RunRemap):
-        return RunRemapLookup(remap, device)
-    raise TypeError(f"unknown remap {type(remap).__name__}")
+
+    def __init__(self, plans: Sequence[TablePlan], routing: TierRouting, device: Optional[torch.device] = None) -> None:
+        super().__init__()
+        kinds = [DENSE if isinstance(p.remap, DenseRemap) else RUNS for p in plans]
+        for p in plans:
+            if p.num_embeddings + p.kept_rows >= DROPPED_END:
+                raise ValueError(f"table {p.name}: {p.num_embeddings} rows do not fit int32 lookup rows")
+        offsets: List[int] = []
+        dense: List[torch.Tensor] = []
+        starts: List[torch.Tensor] = []
+        deltas: List[torch.Tensor] = []
+        size = {DENSE: 0, RUNS: 0}
+        for fi, (p, kind) in enumerate(zip(plans, kinds)):
+            offsets.append(size[kind])
+            if kind == DENSE:
+                dense.append(routing.renumber(fi, p, p.remap.global_rows(p.num_embeddings)).to(torch.int32))
+            else:
+                s, b = _split_runs(p)
+                rows = routing.renumber(fi, p, b)
+                starts.append(s + size[kind])
+                deltas.append(rows - (s + size[kind]))
+            size[kind] += p.num_embeddings
+        self._segments: List[Tuple[int, int, str]] = []  # (first feature, end feature, kind)
+        for fi, kind in enumerate(kinds):
+            if self._segments and self._segments[-1][2] == kind:
+                self._segments[-1] = (self._segments[-1][0], fi + 1, kind)
+            else:
+                self._segments.append((fi, fi + 1, kind))
+
+        def buf(name: str, parts: List[torch.Tensor], dtype: torch.dtype) -> None:
+            value = torch.cat(parts) if parts else torch.zeros(0, dtype=dtype)
+            self.register_buffer(name, value.to(dtype=dtype, device=device), persistent=False)
+
+        buf("id_offsets", [torch.tensor(offsets, dtype=torch.int64)], torch.int64)
+        buf("dense", dense, torch.int32)
+        buf("run_starts", starts, torch.int64)
+        buf("run_deltas", deltas, torch.int64)
+
+    def _lookup(self, kind: str, key: torch.Tensor) -> torch.Tensor:
+        if kind == DENSE:
+            return self.dense.index_select(0, key)
+        r = torch.searchsorted(self.run_starts, key, right=True) - 1
+        return (key + self.run_deltas.index_select(0, r)).to(torch.int32)
+
+    def forward(self, ids: torch.Tensor, length_per_key: List[int]) -> torch.Tensor:
+        n = ids.numel()
+        per_key = torch.tensor(length_per_key, dtype=torch.int64, device=ids.device)
+        key = ids.to(torch.int64) + self.id_offsets.repeat_interleave(per_key, output_size=n)
+        if len(self._segments) == 1:
+            return self._lookup(self._segments[0][2], key)
+        ends = [0]
+        for length in length_per_key:
+            ends.append(ends[-1] + length)
+        return torch.cat([self._lookup(kind, key[ends[a] : ends[b]]) for a, b, kind in self._segments])

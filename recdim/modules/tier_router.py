@@ -1,0 +1,223 @@
+"""Routing a batch to the tier collection: one counting sort of the remapped ids, bags and a scatter index.
+
+Given every id's lookup row (:class:`~recdim.modules.remap.TierRemap`), one ``block_bucketize_sparse_features``
+(FBGEMM's counting sort: a count per (bucket, feature, sample), a prefix sum, one placement pass) splits the
+rows into buckets against each feature's boundaries. It returns the local row of every id in its tier, bucket
+after bucket, and inside a bucket in KJT order, which is slot order, then sample order
+(:mod:`recdim.layout.tier_routing`). From the counts:
+
+- bags: slot k gets ``m_k`` bags in positions ``0 .. m_k - 1`` of a common stride ``S = max m_k``: one id each,
+  or, for pooled slots, one (sample, tier) group each, summed by the kernel;
+- scatter index: bag s of slot k fills output row ``b * F + f`` (its sample and feature) at the columns of its
+  map row, so ``index[s, column]`` of the collection's ``[S, sum widths]`` output is ``row * K + map`` — one
+  gather of map rows and one add per width group — and padding slots and empty bags go to the sink.
+
+One host sync per batch reads ``S`` and the ids per slot (the KJT's ``length_per_key``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import torch
+from torch import nn
+from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
+
+from recdim.layout.tier_routing import PAD_OFFSET, TierRouting, WidthGroup
+
+_PAD_OFFSET_64 = 2**62
+
+
+@dataclass
+class RoutedBatch:
+    """A batch as the tier collection reads it, and where each of its bags goes.
+
+    Args:
+        features: keys = the slots' KJT keys, stride S, int32 local rows (and weights), bags as above.
+        out_row: [T, S] ``row * K`` of the output row of bag s of slot k (``size`` for empty bags).
+        map_row: [T, S] int64 the bag's row in its width's column maps.
+        size: ``B * F * K``, also the sink index.
+    """
+
+    features: KeyedJaggedTensor
+    out_row: torch.Tensor
+    map_row: torch.Tensor
+    size: int
+
+
+class TierRouter(nn.Module):
+    """Turns every id's lookup row into a :class:`RoutedBatch` (see the module docstring).
+
+    Args:
+        routing: the tier layout.
+        keys: the KJT key of every slot, in slot order.
+        num_features: F.
+        device: where the (replicated, non-trainable) index buffers live.
+
+    Call:
+        rows (Tensor): [n] int32 lookup rows, in KJT order.
+        lengths (Tensor): [F * B] bag lengths of the original KJT.
+        weights (Optional[Tensor]): [n] per-id weights.
+        batch_size (int): B.
+
+    Returns:
+        RoutedBatch; :meth:`scatter_index` then reads the collection's output layout.
+
+    Example::
+
+        router = TierRouter(routing, [t.feature_name for t in slot_tiers], F)
+        batch = router(remap(ids, kjt.length_per_key()), kjt.lengths(), None, kjt.stride())
+        kt = ebc(batch.features)                       # values [S, sum widths]
+        index = router.scatter_index(batch, columns)   # columns: where each slot's output starts in kt
+    """
+
+    def __init__(
+        self, routing: TierRouting, keys: Sequence[str], num_features: int, device: Optional[torch.device] = None
+    ) -> None:
+        super().__init__()
+        if len(keys) != len(routing.slots):
+            raise ValueError(f"{len(keys)} keys for {len(routing.slots)} slots")
+        self._keys = list(keys)
+        self._F = num_features
+        self._K = routing.embedding_dim
+        self._Q = routing.num_buckets
+        self._groups: List[WidthGroup] = list(routing.groups)
+        self._width = routing.total_width
+        self._has_pooled = any(s.pooled for s in routing.slots)
+        slot_qf = [s.bucket * num_features + s.feature for s in routing.slots]
+        buffers = {
+            "boundaries": routing.boundaries,
+            "block_sizes": routing.boundaries[:, -1].contiguous(),
+            "slot_of": routing.slot_of,
+            "slot_qf": torch.tensor(slot_qf, dtype=torch.int64),
+            "pooled": torch.tensor([s.pooled for s in routing.slots], dtype=torch.bool),
+            "map_base": routing.map_base,
+            "map_stride": routing.map_stride,
+        }
+        for w, maps in routing.maps.items():
+            buffers[f"maps_w{w}"] = maps
+        for name, value in buffers.items():
+            self.register_buffer(name, value.to(device), persistent=False)
+        self._maps64: Dict[int, torch.Tensor] = {}
+        self._pieces_of: Optional[Tuple[Tuple[int, ...], List[Tuple[int, int, int, int]]]] = None
+
+    @property
+    def keys(self) -> List[str]:
+        """The KJT key of every slot, in slot order."""
+        return list(self._keys)
+
+    def _maps(self, width: int, dtype: torch.dtype) -> torch.Tensor:
+        maps = getattr(self, f"maps_w{width}")
+        if dtype == torch.int32:
+            return maps
+        cached = self._maps64.get(width)
+        if cached is None or cached.device != maps.device:
+            cached = maps.to(torch.int64).masked_fill(maps == PAD_OFFSET, _PAD_OFFSET_64)
+            self._maps64[width] = cached
+        return cached
+
+    def forward(
+        self, rows: torch.Tensor, lengths: torch.Tensor, weights: Optional[torch.Tensor], batch_size: int
+    ) -> RoutedBatch:
+        F, K, Q, B, T = self._F, self._K, self._Q, batch_size, len(self._keys)
+        device = rows.device
+        new_lengths, local, new_weights, _, _ = torch.ops.fbgemm.block_bucketize_sparse_features(
+            lengths.to(torch.int32),
+            rows,
+            False,
+            False,
+            self.block_sizes,
+            Q + 1,
+            weights,
+            None,
+            -1,
+            list(self.boundaries.unbind(0)),
+            False,
+        )
+        counts = new_lengths.view((Q + 1) * F, B)
+        per_qf = counts.sum(1)  # ids per (bucket, feature)
+        per_slot = per_qf.index_select(0, self.slot_qf)
+        if self._has_pooled:
+            nonempty = counts > 0
+            bags = torch.where(self.pooled, nonempty.sum(1).index_select(0, self.slot_qf), per_slot)
+        else:
+            bags = per_slot
+        host = torch.cat([bags.max().view(1), per_slot]).tolist() if T else [0]
+        S, length_per_key = max(int(host[0]), 1), [int(x) for x in host[1:]]
+        n = sum(length_per_key)
+
+        # Every kept id: its (bucket, feature, sample), slot and bag position.
+        seg = torch.repeat_interleave(torch.arange(Q * F * B, device=device), new_lengths[: Q * F * B], output_size=n)
+        qf = torch.div(seg, B, rounding_mode="floor")
+        sample = seg - qf * B
+        feature = qf.remainder(F)
+        slot = self.slot_of.index_select(0, qf)
+        first = (per_qf.cumsum(0) - per_qf).index_select(0, qf)
+        bag = torch.arange(n, device=device) - first
+        if self._has_pooled:
+            rank = (nonempty.cumsum(1) - 1).view(-1).index_select(0, seg)
+            bag = torch.where(self.pooled.index_select(0, slot), rank, bag)
+        pos = slot * S + bag
+        if self._has_pooled:
+            bag_lengths = torch.zeros(T * S, dtype=torch.int32, device=device)
+            bag_lengths.index_add_(0, pos, torch.ones(n, dtype=torch.int32, device=device))
+        else:
+            bag_lengths = (torch.arange(S, device=device).unsqueeze(0) < bags.unsqueeze(1)).to(torch.int32).view(-1)
+        values = local[:n]
+        offset_per_key = [0]
+        for length in length_per_key:
+            offset_per_key.append(offset_per_key[-1] + length)
+        features = KeyedJaggedTensor(
+            keys=self._keys,
+            values=values,
+            lengths=bag_lengths,
+            weights=new_weights[:n] if new_weights is not None else None,
+            stride=S,
+            length_per_key=length_per_key,
+            offset_per_key=offset_per_key,
+        )
+
+        # Where each bag goes: output row * K, and its map row.
+        size = B * F * K
+        dtype = torch.int32 if size < PAD_OFFSET else torch.int64
+        out_row = torch.full((T * S,), size, dtype=dtype, device=device)
+        out_row.index_copy_(0, pos, ((sample * F + feature) * K).to(dtype))
+        map_row = self.map_base.repeat_interleave(S)
+        map_row.index_copy_(
+            0, pos, self.map_base.index_select(0, slot) + self.map_stride.index_select(0, slot) * values.to(torch.int64)
+        )
+        return RoutedBatch(features, out_row.view(T, S), map_row.view(T, S), size)
+
+    def _pieces(self, slot_columns: Sequence[int]) -> List[Tuple[int, int, int, int]]:
+        """``(width, first slot, end slot, first column)`` of every run of slots that one width group keeps
+        contiguous in the collection's output (one run per group unless sharding reordered the tables)."""
+        key = tuple(slot_columns)
+        if self._pieces_of is None or self._pieces_of[0] != key:
+            pieces: List[Tuple[int, int, int, int]] = []
+            for g in self._groups:
+                for k in range(g.first_slot, g.end_slot):
+                    if pieces and pieces[-1][2] == k and k > g.first_slot:
+                        w, a, _, c = pieces[-1]
+                        if c + (k - a) * w == slot_columns[k]:
+                            pieces[-1] = (w, a, k + 1, c)
+                            continue
+                    pieces.append((g.width, k, k + 1, slot_columns[k]))
+            self._pieces_of = (key, pieces)
+        return self._pieces_of[1]
+
+    def scatter_index(self, batch: RoutedBatch, slot_columns: Sequence[int]) -> torch.Tensor:
+        """The scatter index of ``batch`` for a collection output whose slot k starts at ``slot_columns[k]``.
+
+        Returns:
+            Tensor: [S, sum widths], ``out_row + map`` per element (int32, or int64 when ``size >= 2**30``),
+            padding slots and empty bags clamped to the sink ``size``.
+        """
+        out_row, map_row = batch.out_row, batch.map_row
+        S = out_row.size(1)
+        index = torch.empty(S, self._width, dtype=out_row.dtype, device=out_row.device)
+        for w, a, b, c in self._pieces(slot_columns):
+            maps = self._maps(w, out_row.dtype).index_select(0, map_row[a:b].t().reshape(-1))
+            cols = index[:, c : c + (b - a) * w].view(S, b - a, w)
+            torch.add(maps.view(S, b - a, w), out_row[a:b].t().unsqueeze(2), out=cols)
+        return index.clamp_(max=batch.size)
