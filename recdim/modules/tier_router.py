@@ -8,25 +8,23 @@ after bucket, and inside a bucket in KJT order, which is slot order, then sample
 
 - bags: slot k gets ``m_k`` bags in positions ``0 .. m_k - 1`` of a common stride ``S = max m_k``: one id each,
   or, for pooled slots, one (sample, tier) group each, summed by the kernel;
-- scatter index: bag s of slot k fills output row ``b * F + f`` (its sample and feature) at the columns of its
-  map row, so ``index[s, column]`` of the collection's ``[S, sum widths]`` output is ``row * K + map`` — one
-  gather of map rows and one add per width group — and padding slots and empty bags go to the sink.
+- rows: bag s of slot k fills output row ``b * F + f`` (its sample and feature), padding bags the sink row
+  ``B * F``; and the bag's row in its width's column maps (:class:`~recdim.modules.tier_scatter.TierScatter`
+  writes the values there).
 
-One host sync per batch reads ``S`` and the ids per slot (the KJT's ``length_per_key``).
+One host sync per batch reads ``S``, the ids per slot (the KJT's ``length_per_key``) and the longest bag.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import List, Optional, Sequence
 
 import torch
 from torch import nn
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
-from recdim.layout.tier_routing import PAD_OFFSET, TierRouting, WidthGroup
-
-_PAD_OFFSET_64 = 2**62
+from recdim.layout.tier_routing import TierRouting
 
 
 @dataclass
@@ -35,15 +33,17 @@ class RoutedBatch:
 
     Args:
         features: keys = the slots' KJT keys, stride S, int32 local rows (and weights), bags as above.
-        out_row: [T, S] ``row * K`` of the output row of bag s of slot k (``size`` for empty bags).
+        rows: [T, S] int64 output row (``sample * F + feature``) of bag s of slot k, ``num_rows`` for padding.
         map_row: [T, S] int64 the bag's row in its width's column maps.
-        size: ``B * F * K``, also the sink index.
+        num_rows: ``B * F``, also the sink row.
+        max_length: the longest bag of the original KJT (at most 1: no output row receives two bags).
     """
 
     features: KeyedJaggedTensor
-    out_row: torch.Tensor
+    rows: torch.Tensor
     map_row: torch.Tensor
-    size: int
+    num_rows: int
+    max_length: int
 
 
 class TierRouter(nn.Module):
@@ -62,14 +62,13 @@ class TierRouter(nn.Module):
         batch_size (int): B.
 
     Returns:
-        RoutedBatch; :meth:`scatter_index` then reads the collection's output layout.
+        RoutedBatch.
 
     Example::
 
         router = TierRouter(routing, [t.feature_name for t in slot_tiers], F)
         batch = router(remap(ids, kjt.length_per_key()), kjt.lengths(), None, kjt.stride())
         kt = ebc(batch.features)                       # values [S, sum widths]
-        index = router.scatter_index(batch, columns)   # columns: where each slot's output starts in kt
     """
 
     def __init__(
@@ -80,10 +79,7 @@ class TierRouter(nn.Module):
             raise ValueError(f"{len(keys)} keys for {len(routing.slots)} slots")
         self._keys = list(keys)
         self._F = num_features
-        self._K = routing.embedding_dim
         self._Q = routing.num_buckets
-        self._groups: List[WidthGroup] = list(routing.groups)
-        self._width = routing.total_width
         self._has_pooled = any(s.pooled for s in routing.slots)
         slot_qf = [s.bucket * num_features + s.feature for s in routing.slots]
         buffers = {
@@ -95,32 +91,18 @@ class TierRouter(nn.Module):
             "map_base": routing.map_base,
             "map_stride": routing.map_stride,
         }
-        for w, maps in routing.maps.items():
-            buffers[f"maps_w{w}"] = maps
         for name, value in buffers.items():
             self.register_buffer(name, value.to(device), persistent=False)
-        self._maps64: Dict[int, torch.Tensor] = {}
-        self._pieces_of: Optional[Tuple[Tuple[int, ...], List[Tuple[int, int, int, int]]]] = None
 
     @property
     def keys(self) -> List[str]:
         """The KJT key of every slot, in slot order."""
         return list(self._keys)
 
-    def _maps(self, width: int, dtype: torch.dtype) -> torch.Tensor:
-        maps = getattr(self, f"maps_w{width}")
-        if dtype == torch.int32:
-            return maps
-        cached = self._maps64.get(width)
-        if cached is None or cached.device != maps.device:
-            cached = maps.to(torch.int64).masked_fill(maps == PAD_OFFSET, _PAD_OFFSET_64)
-            self._maps64[width] = cached
-        return cached
-
     def forward(
         self, rows: torch.Tensor, lengths: torch.Tensor, weights: Optional[torch.Tensor], batch_size: int
     ) -> RoutedBatch:
-        F, K, Q, B, T = self._F, self._K, self._Q, batch_size, len(self._keys)
+        F, Q, B, T = self._F, self._Q, batch_size, len(self._keys)
         device = rows.device
         new_lengths, local, new_weights, _, _ = torch.ops.fbgemm.block_bucketize_sparse_features(
             lengths.to(torch.int32),
@@ -143,8 +125,9 @@ class TierRouter(nn.Module):
             bags = torch.where(self.pooled, nonempty.sum(1).index_select(0, self.slot_qf), per_slot)
         else:
             bags = per_slot
-        host = torch.cat([bags.max().view(1), per_slot]).tolist() if T else [0]
-        S, length_per_key = max(int(host[0]), 1), [int(x) for x in host[1:]]
+        longest = lengths.max().view(1).to(per_slot.dtype) if lengths.numel() else per_slot.new_zeros(1)
+        host = torch.cat([longest, bags.max().view(1), per_slot]).tolist() if T else [0, 0]
+        max_length, S, length_per_key = int(host[0]), max(int(host[1]), 1), [int(x) for x in host[2:]]
         n = sum(length_per_key)
 
         # Every kept id: its (bucket, feature, sample), slot and bag position.
@@ -178,46 +161,11 @@ class TierRouter(nn.Module):
             offset_per_key=offset_per_key,
         )
 
-        # Where each bag goes: output row * K, and its map row.
-        size = B * F * K
-        dtype = torch.int32 if size < PAD_OFFSET else torch.int64
-        out_row = torch.full((T * S,), size, dtype=dtype, device=device)
-        out_row.index_copy_(0, pos, ((sample * F + feature) * K).to(dtype))
+        # Where each bag goes: its output row, and its map row.
+        out_row = torch.full((T * S,), B * F, dtype=torch.int64, device=device)
+        out_row.index_copy_(0, pos, sample * F + feature)
         map_row = self.map_base.repeat_interleave(S)
         map_row.index_copy_(
             0, pos, self.map_base.index_select(0, slot) + self.map_stride.index_select(0, slot) * values.to(torch.int64)
         )
-        return RoutedBatch(features, out_row.view(T, S), map_row.view(T, S), size)
-
-    def _pieces(self, slot_columns: Sequence[int]) -> List[Tuple[int, int, int, int]]:
-        """``(width, first slot, end slot, first column)`` of every run of slots that one width group keeps
-        contiguous in the collection's output (one run per group unless sharding reordered the tables)."""
-        key = tuple(slot_columns)
-        if self._pieces_of is None or self._pieces_of[0] != key:
-            pieces: List[Tuple[int, int, int, int]] = []
-            for g in self._groups:
-                for k in range(g.first_slot, g.end_slot):
-                    if pieces and pieces[-1][2] == k and k > g.first_slot:
-                        w, a, _, c = pieces[-1]
-                        if c + (k - a) * w == slot_columns[k]:
-                            pieces[-1] = (w, a, k + 1, c)
-                            continue
-                    pieces.append((g.width, k, k + 1, slot_columns[k]))
-            self._pieces_of = (key, pieces)
-        return self._pieces_of[1]
-
-    def scatter_index(self, batch: RoutedBatch, slot_columns: Sequence[int]) -> torch.Tensor:
-        """The scatter index of ``batch`` for a collection output whose slot k starts at ``slot_columns[k]``.
-
-        Returns:
-            Tensor: [S, sum widths], ``out_row + map`` per element (int32, or int64 when ``size >= 2**30``),
-            padding slots and empty bags clamped to the sink ``size``.
-        """
-        out_row, map_row = batch.out_row, batch.map_row
-        S = out_row.size(1)
-        index = torch.empty(S, self._width, dtype=out_row.dtype, device=out_row.device)
-        for w, a, b, c in self._pieces(slot_columns):
-            maps = self._maps(w, out_row.dtype).index_select(0, map_row[a:b].t().reshape(-1))
-            cols = index[:, c : c + (b - a) * w].view(S, b - a, w)
-            torch.add(maps.view(S, b - a, w), out_row[a:b].t().unsqueeze(2), out=cols)
-        return index.clamp_(max=batch.size)
+        return RoutedBatch(features, out_row.view(T, S), map_row.view(T, S), B * F, max_length)

@@ -7,12 +7,12 @@ them in one pooled kernel call (and DistributedModelParallel shards them like an
    one search (run remaps) over concatenated per-feature tables;
 2. route (:class:`~recdim.modules.tier_router.TierRouter`): one counting sort of the rows into buckets gives
    each tier's local rows and bags — one bag per id, or one per (sample, tier) for the shared-map tiers of
-   multi-valued features, which the kernel pools — at a common stride, and a scatter index;
+   multi-valued features, which the kernel pools — at a common stride, and each bag's output row;
 3. look up: the collection's pooled output ``[S, sum of tier widths]``;
-4. scatter (:func:`~recdim.modules.tier_scatter.scatter_columns`): every value straight to its (sample,
-   feature, column) of the flat ``[B, F, K]`` output by its column map, summing over a bag's tiers and ids;
-   padding slots and empty bags go to a sink. Mean pooling then divides by the original bag length
-   (dropped ids included).
+4. scatter (:class:`~recdim.modules.tier_scatter.TierScatter`): every bag's values to its (sample, feature)
+   row of the ``[B * F, K]`` output at its column map's columns, as row-block copies where maps are shared
+   runs of columns, summing over a bag's tiers and ids when bags hold several ids; padding goes to a sink.
+   Mean pooling then divides by the original bag length (dropped ids included).
 
 Both bag kinds are exact for any bag: scatter commutes with pooling when a tier's rows share their map, and a
 per-row map scatters each id on its own. Padding slots scatter nowhere, so they get no gradient: pruned
@@ -35,7 +35,7 @@ from recdim.layout.tier_values import masked_table, tier_values
 from recdim.modules.provider import EmbeddingProvider
 from recdim.modules.remap import TierRemap
 from recdim.modules.tier_router import TierRouter
-from recdim.modules.tier_scatter import scatter_columns
+from recdim.modules.tier_scatter import TierScatter
 
 
 class TieredEmbeddingProvider(EmbeddingProvider):
@@ -101,6 +101,7 @@ class TieredEmbeddingProvider(EmbeddingProvider):
             )
         self.remap = TierRemap(self.plans, self.routing, buf_device)
         self.router = TierRouter(self.routing, [t.feature_name for t in slot_tiers], len(self.plans), buf_device)
+        self.scatter = TierScatter(self.routing, buf_device)
         self._columns: Optional[Tuple[Tuple[str, ...], List[int]]] = None
 
     @classmethod
@@ -182,8 +183,9 @@ class TieredEmbeddingProvider(EmbeddingProvider):
             batch = self.router(rows, lengths, weights, B)
             kt = self.ebc(batch.features)
             pooled = self.table_output(kt.values())  # [S, sum of tier widths]
-            index = self.router.scatter_index(batch, self._slot_columns(kt))
-            out = scatter_columns(pooled, index, batch.size).view(B, F * K)
+            columns = self._slot_columns(kt)
+            out = self.scatter(pooled, batch.rows, batch.map_row, columns, batch.num_rows, batch.max_length > 1)
+            out = out.view(B, F * K)
         if self.pooling == "mean":
             out = (out.view(B, F, K) / lengths.view(F, B).t().clamp(min=1).unsqueeze(-1).to(out.dtype)).reshape(
                 B, F * K
