@@ -144,7 +144,8 @@ def run_experiment(
 
     Returns:
         ``{"method", "cr", "target_cr", "seed", "val", "test", "params", "bytes", "search_time_s",
-        "retrain_time_s", "dims"}``.
+        "retrain_time_s", "dims", "field_dims", "signal"}``: ``field_dims`` the kept dims per field (row mean
+        and frequency-weighted), ``signal`` their Spearman with the planted ranks on synthetic data (else None).
     """
     from recdim.config.methods import parse
     from recdim.export.retrained import export_step
@@ -172,15 +173,23 @@ def run_experiment(
             from recdim.retrain.mixed_dim import run_retrain_dims
 
             result = _done(out_dir / "retrain") or run_retrain_dims(cfg, assignment, out_dir / "retrain")
-            return _cell_result(method, cr, seed, result, search_time, dims)
+            return _cell_result(cfg, method, cr, seed, result, search_time, dims)
         pruned = [_write_assignment(cfg, assignment, out_dir / "pruned")]
     result = _done(out_dir / "retrain") or run_retrain(cfg, pruned[0], out_dir / "retrain", after=[export_step()])
-    return _cell_result(method, cr, seed, result, search_time, dims or result["prune"].get("info", {}))
+    return _cell_result(cfg, method, cr, seed, result, search_time, dims or result["prune"].get("info", {}))
 
 
 def _cell_result(
-    method: str, cr: float, seed: int, result: Dict[str, Any], search_time: float, dims: Dict[str, Any]
+    cfg: Config,
+    method: str,
+    cr: float,
+    seed: int,
+    result: Dict[str, Any],
+    search_time: float,
+    dims: Dict[str, Any],
 ) -> Dict[str, Any]:
+    from recdim.compare.signal import planted_signal
+
     return {
         "method": method,
         "cr": result["prune"]["cr"],
@@ -193,6 +202,8 @@ def _cell_result(
         "search_time_s": search_time,
         "retrain_time_s": result["retrain_time_s"],
         "dims": dims,
+        "field_dims": result.get("field_dims"),
+        "signal": planted_signal(cfg, result.get("field_dims")),
     }
 
 

@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 from typing import Any, Dict, List, Sequence
 
+from recdim.compare.signal import planted_signal, render_signal_markdown
 from recdim.config import Config
 from recdim.config_io import to_dict
 from recdim.fsio import write_json
@@ -53,6 +54,9 @@ def write_pipeline_report(
             row["export"] = str(r["export"])
             stored = json.loads((Path(r["export"]) / "manifest.json").read_text())["bytes"]["total"]
             row.update(stored_bytes=stored, cr_stored=ub / stored if stored else float("inf"))
+        signal = planted_signal(cfg, r.get("field_dims"))
+        if signal is not None:
+            row["signal"] = signal
         rows.append(row)
     report = {
         "method": method,
@@ -88,5 +92,9 @@ def write_pipeline_report(
     if exported:
         lines += ["", "Exported models (`recdim predict --model DIR`, `recdim inspect --model DIR`):", ""]
         lines += [f"- {name}: `{path}`" for name, path in exported]
+    planted = [(r["model"], r["signal"]) for r in rows if r.get("signal")]
+    if planted:
+        lines += ["", "## Kept dims against the planted teacher", ""]
+        lines += [render_signal_markdown(sig, name) for name, sig in planted]
     (out / "report.md").write_text("\n".join(lines) + "\n")
     return report

@@ -46,6 +46,13 @@ def cell_values(record: Mapping[str, Any]) -> Dict[str, float]:
     uniform = record.get("uniform_params") or r.get("uniform_params")
     if uniform and r.get("params"):
         out["cr_stored"] = float(uniform) / float(r["params"])
+    for measure in ("freq_weighted", "row_mean"):
+        sig = (r.get("signal") or {}).get(measure) or {}
+        for key, name in (("spearman_signal", "rank"), ("spearman_cardinality", "cardinality")):
+            if isinstance(sig.get(key), (int, float)):
+                out[f"signal.{measure}.{name}"] = float(sig[key])
+        if sig.get("noise_fields"):
+            out[f"signal.{measure}.noise_fewest"] = float(sig["noise_among_fewest"])
     kept = r.get("kept_cr", r.get("cr") if "target_cr" in r else None)
     if isinstance(kept, (int, float)):
         out["cr_kept"] = float(kept)
@@ -129,7 +136,7 @@ def _fmt(stat: Optional[Mapping[str, Any]], kind: str) -> str:
     if kind == "int":
         text = f"{m:,.0f}"
         return text if not s else f"{text} ± {s:,.0f}"
-    digits = {"metric": 4, "cr": 2, "time": 1}[kind]
+    digits = {"metric": 4, "corr": 2, "cr": 2, "time": 1}[kind]
     text = f"{m:.{digits}f}"
     return text if s is None else f"{text} ± {s:.{digits}f}"
 
@@ -187,6 +194,32 @@ def render_markdown(
             ]
             if chosen:
                 cells.append(", ".join(r["chosen"]) or "—")
+            lines.append("| " + " | ".join(cells) + " |")
+        lines.append("")
+    signal_rows = [r for r in rows if any(k.startswith("signal.") for k in r["stats"])]
+    if signal_rows:
+        lines += [
+            "## Kept dims against the planted signal",
+            "",
+            "Spearman of each field's kept dims with its true rank (noise fields 0) and with its cardinality, "
+            "frequency-weighted (dims averaged over occurrences) and row mean; noise = noise fields among the "
+            "fields with the fewest dims (of all noise fields).",
+            "",
+            "| arch | method | CR | n | ρ rank (freq.) | ρ card. (freq.) | noise (freq.) | ρ rank (row) | "
+            "ρ card. (row) |",
+            "|---|---|---|---|---|---|---|---|---|",
+        ]
+        for r in signal_rows:
+            st = r["stats"]
+            cells = [r["arch"], r["method"], f"{r['cr']:g}", str(r["n"])]
+            for key in (
+                "signal.freq_weighted.rank",
+                "signal.freq_weighted.cardinality",
+                "signal.freq_weighted.noise_fewest",
+                "signal.row_mean.rank",
+                "signal.row_mean.cardinality",
+            ):
+                cells.append(_fmt(st.get(key), "corr"))
             lines.append("| " + " | ".join(cells) + " |")
         lines.append("")
     if failures:

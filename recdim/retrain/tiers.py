@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
+from recdim.compare.signal import field_dims
 from recdim.config import Config
 from recdim.data.prepared import PreparedDataset
 from recdim.data.schema import FieldKind
@@ -100,6 +101,7 @@ def run_retrain(cfg: Config, pruned_dir: Path, out_dir: Path, after: Sequence[Af
     results["prune"] = {k: sp.meta[k] for k in ("method", "cr", "kept", "total", "info", "tiers")}
     results["prune"]["source"] = str(pruned_dir)
     results["plan_bytes"] = plan_bytes(plans)["total"]
+    results["field_dims"] = field_dims(sp.masks, {f: session.dataset.counts(f) for f in sp.masks})
     save_model(session.dmp, out_dir, session.trainer.global_step, {"pruned": str(pruned_dir)})
     run = TieredRun(session, plans, sp, results, Path(out_dir))
     for step in after:
