@@ -252,6 +252,8 @@ class TrainConfig:
         embedding_optimizer: fused table optimizer. The CPU fused kernel supports ``rowwise_adagrad``,
             ``adagrad`` and ``sgd``; ``adam`` runs fused on GPU and on the dense kernel on CPU.
         embedding_lr: learning rate of the tables.
+        embedding_l2: L2 penalty weight on the embeddings each batch looks up (``lambda * sum_b ||e_b||^2 / B``,
+            applied as a gradient term so the fused table optimizers take it; 0 = none).
         patience: epochs without validation improvement before early stopping (0 disables it).
         max_steps: stop after this many steps in total (0 = no limit).
         seed: seed of initialisation and data order.
@@ -282,6 +284,7 @@ class TrainConfig:
     weight_decay: float = 0.0
     embedding_optimizer: Literal["rowwise_adagrad", "adagrad", "sgd", "adam"] = "rowwise_adagrad"
     embedding_lr: float = 0.05
+    embedding_l2: float = 0.0
     patience: int = 2
     max_steps: int = 0
     seed: int = 0

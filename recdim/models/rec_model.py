@@ -7,6 +7,7 @@ from torch import nn
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
 from recdim.models.base import InteractionArch
+from recdim.modules.embedding_l2 import EmbeddingL2
 from recdim.modules.provider import EmbeddingProvider
 
 
@@ -17,6 +18,8 @@ class RecModel(nn.Module):
     Args:
         provider: produces K-wide embeddings per feature.
         arch: scores a row from dense features and those embeddings.
+        embedding_l2: weight of the L2 penalty on the looked-up embeddings
+            (:class:`~recdim.modules.embedding_l2.EmbeddingL2`; 0 = none).
 
     Call:
         dense (Tensor): [B, D].
@@ -32,7 +35,7 @@ class RecModel(nn.Module):
         scores = model(batch.dense_features, batch.sparse_features)
     """
 
-    def __init__(self, provider: EmbeddingProvider, arch: InteractionArch) -> None:
+    def __init__(self, provider: EmbeddingProvider, arch: InteractionArch, embedding_l2: float = 0.0) -> None:
         super().__init__()
         if provider.embedding_dim != arch.embedding_dim:
             raise ValueError(f"provider width {provider.embedding_dim} != arch width {arch.embedding_dim}")
@@ -40,6 +43,7 @@ class RecModel(nn.Module):
             raise ValueError(f"provider features {provider.feature_names} != arch features {arch.feature_names}")
         self.provider = provider
         self.arch = arch
+        self.regularizer = EmbeddingL2(embedding_l2)
 
     def forward(self, dense: torch.Tensor, sparse: KeyedJaggedTensor) -> torch.Tensor:
-        return self.arch(dense, self.provider(sparse))
+        return self.arch(dense, self.regularizer(self.provider(sparse)))

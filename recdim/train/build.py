@@ -61,4 +61,4 @@ def build_model(
     provider = provider_factory(cfg.model, num_embeddings, weighted, device)
     bias = output_bias(schema.label, train.labels) if train is not None else 0.0
     arch = build_arch(cfg.model, list(features), len(schema.dense_names), init_bias=bias)
-    return RecModel(provider, arch)
+    return RecModel(provider, arch, embedding_l2=cfg.train.embedding_l2)
