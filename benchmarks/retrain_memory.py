@@ -9,7 +9,9 @@ the fused row-wise Adagrad, ``--steps`` training steps on Zipf-distributed ids. 
     {"bench": "retrain_memory", "provider": "tiered", "rate": 4, "peak_rss_bytes": ...,
      "model_rss_bytes": ..., "embedding_bytes": ..., "step_ms": ...}
 
-``model_rss_bytes`` is the peak minus the process's RSS before the model was built.
+``model_rss_bytes`` is the peak RSS while the model is built and trained minus the RSS just before: plans
+(and their masks) are built first and the peak is reset after them (Linux ``clear_refs``;
+``model_rss_outside_plans`` says whether the reset took).
 
 Example::
 
@@ -19,6 +21,7 @@ Example::
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import os
 import platform
@@ -41,6 +44,28 @@ def _current_rss() -> int:
         return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
+def _peak_rss() -> int:
+    """The process's peak RSS since the last :func:`_reset_peak` (VmHWM), else since it started."""
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return _rss()
+
+
+def _reset_peak() -> bool:
+    """Resets the peak RSS to the current RSS (Linux ``clear_refs`` 5); False where the kernel refuses."""
+    try:
+        with open("/proc/self/clear_refs", "w") as fh:
+            fh.write("5")
+        return True
+    except OSError:
+        return False
+
+
 def _worker(args: argparse.Namespace) -> None:
     import torch
 
@@ -60,14 +85,18 @@ def _worker(args: argparse.Namespace) -> None:
     g = torch.Generator().manual_seed(0)
     batches = id_batches(sizes, args.batch_size, args.steps + 2, g)
     ctx = init_distributed("cpu")
-    before = _current_rss()
-    if args.provider == "uniform":
-        provider = UniformEmbeddingProvider(sizes, K, device=torch.device("meta"))
-    else:
+    plans = []
+    if args.provider != "uniform":  # plans first: their masks are not model memory
         plans = [
             plan_table(make_mask(n, K, args.rate, "blocks", g), table_name(f), f, PlannerConfig(max_tiers=4))
             for f, n in sizes.items()
         ]
+    gc.collect()
+    peak_reset = _reset_peak()
+    before = _current_rss()
+    if args.provider == "uniform":
+        provider = UniformEmbeddingProvider(sizes, K, device=torch.device("meta"))
+    else:
         provider = TieredEmbeddingProvider(plans, device=torch.device("meta"))
     cfg = TrainConfig(device="cpu", embedding_optimizer="rowwise_adagrad", embedding_lr=0.05)
     dmp = shard_model(Net(provider), cfg, ctx)
@@ -95,7 +124,8 @@ def _worker(args: argparse.Namespace) -> None:
                 "steps": args.steps,
                 "step_ms": step_ms,
                 "peak_rss_bytes": _rss(),
-                "model_rss_bytes": _rss() - before,
+                "model_rss_bytes": _peak_rss() - before,
+                "model_rss_outside_plans": peak_reset,
                 "embedding_params": provider.embedding_params(),
                 "embedding_bytes": provider.embedding_bytes(),
                 "host": platform.node(),

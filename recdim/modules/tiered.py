@@ -21,6 +21,8 @@ entries stay zero while retraining.
 
 from __future__ import annotations
 
+import dataclasses
+
 from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import torch
@@ -102,6 +104,8 @@ class TieredEmbeddingProvider(EmbeddingProvider):
         self.remap = TierRemap(self.plans, self.routing, buf_device)
         self.router = TierRouter(self.routing, [t.feature_name for t in slot_tiers], len(self.plans), buf_device)
         self.scatter = TierScatter(self.routing, buf_device)
+        # The scatter holds its own narrow copy of the column maps; the routing's int32 maps are not kept.
+        self.routing = dataclasses.replace(self.routing, maps={})
         self._columns: Optional[Tuple[Tuple[str, ...], List[int]]] = None
 
     @classmethod
