@@ -21,6 +21,7 @@ from recdim.modules.table_init import init_tables
 from recdim.modules.tiered import tiered_provider_factory
 from recdim.prune.planner import plan_tables
 from recdim.prune.store import StoredPruned, plan_bytes, planner_from_json, read_pruned
+from recdim.retrain.freeze import retrain_scope
 from recdim.retrain.tier_weights import masked_init, write_tier_tables
 from recdim.train.model_io import save_model
 from recdim.train.run import Session, open_session, train_and_evaluate
@@ -97,7 +98,9 @@ def run_retrain(cfg: Config, pruned_dir: Path, out_dir: Path, after: Sequence[Af
     """
     t0 = time.perf_counter()
     session, plans, sp = tiered_session(cfg, pruned_dir, out_dir)
-    results = train_and_evaluate(session, None)
+    with retrain_scope(session, cfg.prune.retrain):
+        results = train_and_evaluate(session, None)
+    results["retrain_mode"] = cfg.prune.retrain
     results["prune"] = {k: sp.meta[k] for k in ("method", "cr", "kept", "total", "info", "tiers")}
     results["prune"]["source"] = str(pruned_dir)
     results["plan_bytes"] = plan_bytes(plans)["total"]
