@@ -22,7 +22,6 @@ entries stay zero while retraining.
 from __future__ import annotations
 
 import dataclasses
-
 from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import torch
