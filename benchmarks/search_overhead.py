@@ -1,7 +1,8 @@
 """Search overhead: training-step time and peak memory of each search method against the plain
 (uniform) model of the same arch on the same data.
 
-Each (arch, variant) runs ``--repeats`` times, each in a fresh process (so peak RSS is its own):
+Each (arch, variant) runs ``--repeats`` times, each in a fresh process (so peak RSS is its own; the
+repeats go in rounds of one process per variant, so a drifting background load weighs on all alike):
 one-process DMP with the fused table optimizer, ``--warmup`` steps, then ``--steps`` timed steps
 including the method's hooks (DNIS / AutoDim architecture steps on validation batches, PEP's threshold
 pressure and non-zero counts). A variant is a method plus config overrides (``--variant dnis_f10 dnis
@@ -174,8 +175,14 @@ def main(argv: List[str] | None = None) -> None:
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     for arch in args.arches:
         base: Dict[str, float] = {}
-        for label, method, overrides in variants:
-            runs = [_run(args, arch, method, list(overrides)) for _ in range(args.repeats)]
+        # Rounds of one process per variant (not all repeats of one variant in a row), so that a load
+        # that drifts while the benchmark runs weighs on every variant alike.
+        rounds = [
+            [_run(args, arch, method, list(overrides)) for _, method, overrides in variants]
+            for _ in range(args.repeats)
+        ]
+        for i, (label, method, overrides) in enumerate(variants):
+            runs = [r[i] for r in rounds]
             row = dict(runs[-1], variant=label, overrides=list(overrides), repeats=args.repeats)
             for key in ("step_ms", "cpu_step_ms", "peak_rss_bytes"):
                 row[key] = statistics.median(r[key] for r in runs)

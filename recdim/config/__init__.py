@@ -21,6 +21,7 @@ from recdim.config.dnis import DNISConfig
 from recdim.config.methods import entry
 from recdim.config.pep import PEPConfig
 from recdim.config.ranking import RankingConfig
+from recdim.config.search_split import SearchSplitConfig
 from recdim.config_io import ConfigError, load_config  # noqa: F401  (re-exported)
 
 
@@ -316,6 +317,8 @@ class SearchConfig:
         pep: PEP settings.
         autodim: AutoDim settings.
         baseline: uniform, grid, random and MDE baseline settings (used by ``recdim compare``).
+        split: the search split carved from train, on which DNIS / AutoSrh and AutoDim take their
+            architecture steps (never the validation split, which selects models).
     """
 
     method: str = "dnis"
@@ -323,6 +326,7 @@ class SearchConfig:
     pep: PEPConfig = field(default_factory=PEPConfig)
     autodim: AutoDimConfig = field(default_factory=AutoDimConfig)
     baseline: BaselineConfig = field(default_factory=BaselineConfig)
+    split: SearchSplitConfig = field(default_factory=SearchSplitConfig)
 
     def __post_init__(self) -> None:
         entry("" if self.method is None else str(self.method), kind="search", field="search.method")

@@ -18,6 +18,11 @@ class AutoDimConfig:
             or ``zero_pad``.
         arch_lr: Adam learning rate of the architecture weights.
         update_every: f, training steps between architecture steps on a validation batch.
+        val_batch_size: rows of that validation batch, at most: ``min(train.batch_size, val_batch_size)``
+            (0: ``train.batch_size``). The default caps it at 1024 rows, which leaves runs with training
+            batches of up to 1024 unchanged; an architecture pass costs about as much as a training step
+            at the same batch size, and J weights per feature need no larger batch for a stable
+            gradient (their Adam averages it over steps).
         pretrain_steps: training steps with fixed equal weights (no Gumbel noise, no architecture steps)
             before the search.
         pretrain_epochs: epochs of that pre-training (both limits must be passed).
@@ -35,6 +40,7 @@ class AutoDimConfig:
     transform: Literal["linear_bn", "zero_pad"] = "linear_bn"
     arch_lr: float = 0.01
     update_every: int = 10
+    val_batch_size: int = 1024
     pretrain_steps: int = 0
     pretrain_epochs: int = 0
     tau_start: float = 1.0
@@ -46,6 +52,8 @@ class AutoDimConfig:
             raise ValueError(f"autodim.candidates must be positive multiples of 4, got {self.candidates}")
         if self.update_every < 1:
             raise ValueError(f"autodim.update_every must be >= 1, got {self.update_every}")
+        if self.val_batch_size < 0:
+            raise ValueError(f"autodim.val_batch_size must be >= 0, got {self.val_batch_size}")
         if self.pretrain_steps < 0 or self.pretrain_epochs < 0:
             raise ValueError("autodim.pretrain_steps and pretrain_epochs must be >= 0")
         if not 0 < self.tau_min <= self.tau_start or self.tau_decay < 0:

@@ -17,6 +17,14 @@ class DNISConfig:
             which also gives a per-field importance).
         arch_lr: Adam learning rate of alpha.
         update_every: f, training steps between two alpha steps.
+        val_batch_size: rows of the validation batch of one alpha step, at most: the batch is
+            ``min(train.batch_size, val_batch_size)`` (0: ``train.batch_size``). The default caps it at 1024
+            rows, which leaves runs with training batches of up to 1024 unchanged and keeps an alpha step
+            at every training step within about 1.5x the plain step for larger training batches: an
+            architecture pass (forward plus the backward to the provider output) costs about as much as
+            a training step at the same batch size, while alpha's gradient is normalised per block row
+            (only its direction counts) and averaged by Adam over steps, so 1024 validation rows give it
+            a stable direction.
         warm_start_epochs: epochs of training steps only before alpha steps begin.
         l1: strength of the L1 penalty on alpha, added after the row-wise gradient normalisation (so
             it is in units of the normalised gradient, whatever the loss scale); 0 disables it.
@@ -42,6 +50,7 @@ class DNISConfig:
     blocking: Literal["global", "per_table"] = "global"
     arch_lr: float = 0.01
     update_every: int = 1
+    val_batch_size: int = 1024
     warm_start_epochs: int = 0
     l1: float = 0.0
     second_order: bool = False
@@ -56,6 +65,8 @@ class DNISConfig:
             raise ValueError(f"dnis.blocking must be 'global' or 'per_table', got {self.blocking!r}")
         if self.arch_lr <= 0 or self.update_every < 1 or self.warm_start_epochs < 0:
             raise ValueError("dnis.arch_lr must be > 0, update_every >= 1 and warm_start_epochs >= 0")
+        if self.val_batch_size < 0:
+            raise ValueError(f"dnis.val_batch_size must be >= 0, got {self.val_batch_size}")
         if self.bag_path not in ("split", "sequence"):
             raise ValueError(f"dnis.bag_path must be 'split' or 'sequence', got {self.bag_path!r}")
         if self.single_level and self.second_order:

@@ -1,4 +1,7 @@
-"""AutoDim search driver: pre-training with equal weights, then Gumbel-softmax search on validation.
+"""AutoDim search driver: pre-training with equal weights, then Gumbel-softmax search on held-out batches.
+
+AutoDim's architecture weights learn on the ``search`` split held out of train (:mod:`recdim.data.search_split`,
+``search.split``), the paper's validation role; the validation split only selects the epoch and the model.
 
 Schedule (steps counted by the training loop):
 
@@ -7,8 +10,8 @@ Schedule (steps counted by the training loop):
    architecture steps, alpha untouched.
 2. Search: candidates are mixed by a Gumbel-softmax of alpha at temperature
    ``tau(t) = max(tau_min, tau_start - tau_decay * t)`` (AutoDim's ``max(0.01, 1 - 5e-5 t)``), t counting
-   search steps; every f-th search step takes one first-order architecture step on a validation batch
-   (:class:`~recdim.search.bilevel.BilevelHook`, tables frozen).
+   search steps; every f-th search step takes one first-order architecture step on a search-split batch of
+   at most ``AutoDimConfig.val_batch_size`` rows (:class:`~recdim.search.bilevel.BilevelHook`, tables frozen).
 3. Derivation: each feature keeps ``argmax_j alpha_fj`` (:meth:`CandidateDimsProvider.derive_dims`).
 """
 
@@ -23,6 +26,7 @@ from safetensors.torch import save_file
 
 from recdim.config import Config, ModelConfig, PruneConfig
 from recdim.config.autodim import AutoDimConfig
+from recdim.config.search_split import SearchSplitConfig
 from recdim.data.loader import TrainLoader
 from recdim.data.prepared import PreparedDataset
 from recdim.layout.masks import CR_TOLERANCE, kept_for_cr, mask_stats, prefix_masks
@@ -39,7 +43,7 @@ from recdim.modules.candidate_dims import (
     gumbel_noise,
 )
 from recdim.modules.uniform import table_name
-from recdim.search.bilevel import BilevelConfig, BilevelHook
+from recdim.search.bilevel import BilevelConfig, BilevelHook, arch_batch_size
 from recdim.search.dims_at_budget import dims_at_budget
 from recdim.search.method import SearchedModel, SearchMethod
 from recdim.train.build import ProviderFactory
@@ -223,12 +227,16 @@ class AutoDimMethod(SearchMethod):
 
         return factory
 
+    def search_split(self) -> Optional[SearchSplitConfig]:
+        """Architecture steps learn on the ``search`` split held out of train."""
+        return self.cfg.search.split
+
     def hooks(self, session: Any) -> List[StepHook]:
         provider = session.model.provider
         if not isinstance(provider, CandidateDimsProvider):
             raise TypeError(f"AutoDim needs a CandidateDimsProvider, got {type(provider).__name__}")
-        ctx, val = session.ctx, session.splits["val"]
-        batch = min(self.cfg.train.batch_size, len(val) // ctx.world_size * ctx.world_size)
+        ctx, val = session.ctx, session.splits["search"]
+        batch = arch_batch_size(self.cfg.train.batch_size, self.autodim.val_batch_size, len(val), ctx.world_size)
         loader = TrainLoader(
             val,
             session.features,

@@ -1,7 +1,8 @@
-"""Alternating (DARTS-style) optimisation: training steps on Θ, architecture steps on validation batches.
+"""Alternating (DARTS-style) optimisation: training steps on Θ, architecture steps on held-out batches.
 
 The training loop updates Θ (tables through the fused optimizer, dense parts through Adam) on training
-batches; every ``update_every`` steps this hook takes one validation batch and updates the provider's
+batches; every ``update_every`` steps this hook takes one held-out batch (the ``search`` split carved from
+train, :mod:`recdim.data.search_split`; never the validation split) and updates the provider's
 architecture parameters (DNIS alpha, AutoDim weights) with their own Adam, with the tables frozen so the
 fused optimizer never sees a validation gradient.
 
@@ -73,6 +74,32 @@ def exclude_from_training(provider: EmbeddingProvider) -> None:
         p.requires_grad_(False)
 
 
+def arch_batch_size(train_batch_size: int, cap: int, val_rows: int, world_size: int) -> int:
+    """Global batch size of an architecture step's held-out batch: ``min(train_batch_size, cap)`` (``cap`` 0:
+    no cap), no more than the search split holds, in whole rows per rank.
+
+    Args:
+        train_batch_size: the training batch size (``train.batch_size``).
+        cap: the method's ``val_batch_size`` (0 for none).
+        val_rows: rows of the search split.
+        world_size: data-parallel ranks.
+
+    Raises:
+        ValueError: when the split cannot give every rank one row.
+
+    Example::
+
+        arch_batch_size(4096, 1024, 40_000, 2)   # 1024
+    """
+    batch = min(train_batch_size, cap) if cap > 0 else train_batch_size
+    batch = min(batch, val_rows) // world_size * world_size
+    if batch < world_size or batch < 1:
+        raise ValueError(
+            f"the search split has {val_rows} rows: too few for architecture steps (raise search.split.fraction)"
+        )
+    return batch
+
+
 def average_over_ranks(params: Sequence[nn.Parameter]) -> None:
     """Replaces every ``p.grad`` by its mean over the default process group (one all-reduce; a no-op on one
     rank). A parameter without a gradient joins as zeros, so every rank steps the same parameters."""
@@ -102,11 +129,11 @@ class BilevelConfig:
 
 
 class BilevelHook(StepHook):
-    """Takes first-order architecture steps on validation batches.
+    """Takes first-order architecture steps on held-out (search-split) batches.
 
     Args:
         provider: the provider whose :meth:`~EmbeddingProvider.arch_parameters` are searched.
-        val_batches: a loader over the validation split (cycled, reshuffled every pass); None for a
+        val_batches: a loader over the search split (cycled, reshuffled every pass); None for a
             subclass that takes its gradients from the training step.
         cfg: learning rate, frequency, warm start.
         grad_transform: rewrites the architecture gradients in place before the step (e.g. DNIS's
@@ -152,7 +179,7 @@ class BilevelHook(StepHook):
         self._frozen: Optional[List[nn.Parameter]] = None
 
     def next_val_batch(self) -> Batch:
-        assert self.val_batches is not None, "this hook takes no validation batches"
+        assert self.val_batches is not None, "this hook takes no held-out batches"
         try:
             batch = next(self._iter)
         except StopIteration:
@@ -200,14 +227,15 @@ class BilevelHook(StepHook):
         if not self.due(trainer, step):
             return
         self.optimizer.zero_grad()
-        trainer.model.train()
+        if not trainer.model.training:  # the training step just set train mode (a no-op walk over modules)
+            trainer.model.train()
         self.arch_gradient(trainer, self.next_val_batch())
         average_over_ranks(self.params)
         self.arch_step()
         self.optimizer.zero_grad()  # no validation gradient left for the training steps
 
     def state(self) -> Dict[str, Any]:
-        return {"arch_steps": self.arch_steps}
+        return {"arch_steps": self.arch_steps, "arch_split": "search"}
 
     def state_dict(self) -> Dict[str, Any]:
         """Architecture optimizer state and counters, saved in checkpoints (the parameters themselves

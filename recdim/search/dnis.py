@@ -1,14 +1,19 @@
 """DNIS / AutoSrh: soft selection of embedding dimensions per frequency block, learned by bi-level
-optimisation on validation batches.
+optimisation on held-out batches.
+
+The papers step alpha on their validation data. recdim holds those batches out of train instead: the
+``search`` split (:mod:`recdim.data.search_split`, ``search.split``), so that the validation split that picks
+the epoch and the model never trains alpha. Below, L_val is the loss on a search-split batch.
 
 Training steps update Θ (tables by the fused optimizer, dense parts by Adam) on training batches; every f
-steps an architecture step updates alpha with Adam (lr 0.01) on a validation batch: the alpha gradient is
+steps an architecture step updates alpha with Adam (lr 0.01) on a search-split batch (at most
+``DNISConfig.val_batch_size`` rows, 1024 by default): the alpha gradient is
 normalised per block row, ``g / (mean|g| + 1e-7)`` (DNIS eq. 8 / AutoSrh eq. 14), an optional L1 term is
 added, and alpha is clipped to [0, 1] after the step.
 
 The gradient is first-order by default (∇_α L_val with Θ fixed); alpha requires grad only inside these
 architecture passes (:func:`~recdim.search.bilevel.exclude_from_training`), so training steps never compute
-its gradient. The single-level option (``DNISConfig.single_level``) skips the validation pass and steps alpha
+its gradient. The single-level option (``DNISConfig.single_level``) skips the held-out pass and steps alpha
 on ∇_α L_train, the gradient the training step's own backward computes. The second-order option uses the unrolled
 gradient (DNIS eq. 7 / AutoSrh eq. 13, as in DARTS)::
 
@@ -47,6 +52,7 @@ from torchrec.optim.optimizers import in_backward_optimizer_filter
 
 from recdim.config import Config, ModelConfig, PruneConfig
 from recdim.config.dnis import DNISConfig
+from recdim.config.search_split import SearchSplitConfig
 from recdim.data.loader import TrainLoader
 from recdim.data.prepared import PreparedDataset
 from recdim.data.schema import FieldKind
@@ -54,7 +60,13 @@ from recdim.layout.blocks import BlockPlan, make_block_plan
 from recdim.layout.pruned import PrunedModel, magnitude_pruned
 from recdim.modules.soft_selection import BlockSplitPooling, SequenceScaling, SoftSelectionProvider
 from recdim.modules.table_init import TABLE_PARAM
-from recdim.search.bilevel import BilevelConfig, BilevelHook, exclude_from_training, requires_grad_scope
+from recdim.search.bilevel import (
+    BilevelConfig,
+    BilevelHook,
+    arch_batch_size,
+    exclude_from_training,
+    requires_grad_scope,
+)
 from recdim.search.method import SearchedModel, SearchMethod
 from recdim.train.build import ProviderFactory
 
@@ -135,7 +147,7 @@ def unrolled_arch_grad(
         arch: architecture parameters α.
         weights: Θ, the parameters the inner step updates.
         train_loss: closure returning L_train at the current parameters (one fixed training batch).
-        val_loss: closure returning L_val at the current parameters (one fixed validation batch).
+        val_loss: closure returning L_val at the current parameters (one fixed search-split batch).
         xi: the inner step's learning rate, one float or one per weight (Ξ).
         fd_epsilon: size of the finite-difference perturbation.
 
@@ -194,7 +206,7 @@ class DNISHook(BilevelHook):
 
     Args:
         provider: the soft-selection provider.
-        val_batches: loader over the validation split (cycled).
+        val_batches: loader over the search split (cycled).
         cfg: DNIS settings.
 
     Example::
@@ -259,7 +271,7 @@ class UnrolledDNISHook(DNISHook):
 
     Args:
         provider: the soft-selection provider.
-        val_batches: loader over the validation split (cycled).
+        val_batches: loader over the search split (cycled).
         cfg: DNIS settings.
         lr: the dense learning rate (``train.lr``).
         embedding_lr: the table learning rate (``train.embedding_lr``).
@@ -410,15 +422,17 @@ class DNISMethod(SearchMethod):
 
         return factory
 
+    def search_split(self) -> Optional[SearchSplitConfig]:
+        """The bi-level search holds the ``search`` split out of train; single-level DNIS needs none."""
+        return None if self.dnis.single_level else self.cfg.search.split
+
     def hooks(self, session: Any) -> List[DNISHook]:
         provider = session.model.provider
         if self.dnis.single_level:
             self.hook = SingleLevelDNISHook(provider, self.dnis)
             return [self.hook]
-        val, ctx, train = session.splits["val"], session.ctx, session.cfg.train
-        batch = min(train.batch_size, len(val) // ctx.world_size * ctx.world_size)
-        if batch < ctx.world_size:
-            raise ValueError(f"the validation split has {len(val)} rows: too few for architecture steps")
+        val, ctx, train = session.splits["search"], session.ctx, session.cfg.train
+        batch = arch_batch_size(train.batch_size, self.dnis.val_batch_size, len(val), ctx.world_size)
         loader = TrainLoader(
             val, session.features, batch, ctx.rank, ctx.world_size, train.seed + 1, session.dataset.schema.is_weighted
         )

@@ -17,6 +17,7 @@ import torch
 
 from recdim.config import Config, PruneConfig
 from recdim.config.methods import MethodKind, parse
+from recdim.config.search_split import SearchSplitConfig
 from recdim.data.prepared import PreparedDataset
 from recdim.layout.dims import DimAssignment
 from recdim.layout.pruned import PrunedModel
@@ -85,8 +86,15 @@ class SearchMethod(Method):
     def provider_factory(self, dataset: PreparedDataset, features: Sequence[str]) -> ProviderFactory:
         """Builds the provider for ``features`` (may read ``dataset.counts`` for frequencies)."""
 
+    def search_split(self) -> Optional[SearchSplitConfig]:
+        """The split carved from train on which the method's architecture steps learn, or ``None`` when it
+        takes none (its hooks then read only training batches). Never the validation split, which selects
+        models."""
+        return None
+
     def hooks(self, session: Any) -> List[StepHook]:
-        """Step hooks for the training loop (architecture steps, schedules, snapshots)."""
+        """Step hooks for the training loop (architecture steps, schedules, snapshots). Architecture steps
+        read ``session.splits["search"]``, present when :meth:`search_split` is not ``None``."""
         return []
 
     def save(self, session: Any, out_dir: Path) -> Dict[str, Any]:

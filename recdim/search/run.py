@@ -18,7 +18,8 @@ def run_search(cfg: Config, out_dir: Optional[Path], method: Optional[str] = Non
 
     The run directory gets the method's learned state (alpha / thresholds / architecture weights, as
     safetensors plus JSON), the trained model (``model/``, a sharded checkpoint ``recdim prune`` reads),
-    and ``results.json`` with validation-selected and test metrics, embedding params and bytes, the
+    and ``results.json`` with validation-selected and test metrics, the rows of every split (architecture
+    steps learn on the ``search`` split carved from train, when the method takes them), embedding params and bytes, the
     method's summary under ``search`` and the config.
 
     Example::
@@ -30,7 +31,11 @@ def run_search(cfg: Config, out_dir: Optional[Path], method: Optional[str] = Non
     dataset = PreparedDataset(cfg.data_path)
     features = dataset.feature_names(cfg.data.features)
     session = open_session(
-        cfg, m.provider_factory(dataset, features), m.hooks, out_dir=Path(out_dir) if out_dir is not None else None
+        cfg,
+        m.provider_factory(dataset, features),
+        m.hooks,
+        out_dir=Path(out_dir) if out_dir is not None else None,
+        search_split=m.search_split(),
     )
     results = train_and_evaluate(session, None)
     summary = m.save(session, Path(out_dir)) if out_dir is not None else {}

@@ -10,9 +10,11 @@ from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence
 
 from recdim.config import Config
+from recdim.config.search_split import SearchSplitConfig
 from recdim.config_io import to_dict
 from recdim.data.loader import EvalLoader, TrainLoader
 from recdim.data.prepared import PreparedDataset, SplitArrays
+from recdim.data.search_split import carve_search_split
 from recdim.fsio import write_json
 from recdim.models.rec_model import RecModel
 from recdim.modules.table_init import init_tables
@@ -68,6 +70,7 @@ def open_session(
     provider_factory: ProviderFactory = uniform_provider,
     hooks: Callable[["Session"], Sequence[StepHook]] = lambda s: (),
     out_dir: Optional[Path] = None,
+    search_split: Optional[SearchSplitConfig] = None,
 ) -> Session:
     """Loads data, builds and shards the model, initialises tables and makes the trainer.
 
@@ -78,11 +81,21 @@ def open_session(
         out_dir: the run directory. When given, training writes sharded checkpoints to
             ``<out_dir>/ckpt`` every ``cfg.train.checkpoint_every`` steps and resumes from the latest
             one found there (:class:`~recdim.train.resume.CheckpointHook`, installed last).
+        search_split: when given, carve ``splits["search"]`` from train (:mod:`recdim.data.search_split`);
+            the tables then train on the remaining rows, and the architecture steps of a search read the
+            search split, never the validation split.
     """
     ctx = init_distributed(cfg.train.device)
     ds = PreparedDataset(cfg.data_path)
     features = ds.feature_names(cfg.data.features)
     splits = {s: ds.load_split(s, features) for s in ("train", "val", "test")}
+    if search_split is not None:
+        splits["train"], splits["search"] = carve_search_split(
+            splits["train"], search_split.fraction, search_split.seed
+        )
+        log.info(
+            "search split: %d train rows held out, %d left to train on", len(splits["search"]), len(splits["train"])
+        )
     model = build_model(cfg, ds, features, splits["train"], provider_factory)
     dmp = shard_model(model, cfg.train, ctx)
     init_tables(dmp, cfg.train.seed, cfg.train.init_std)
@@ -131,6 +144,7 @@ def train_and_evaluate(
         "world_size": session.ctx.world_size,
         "device": str(session.ctx.device),
         "features": session.features,
+        "split_rows": {name: len(split) for name, split in session.splits.items()},
         "memory": peak_memory(),
         "history": fit.history,
         "search": {k: v for h in trainer.hooks for k, v in h.state().items()},

@@ -100,7 +100,7 @@ def session(train_cfg: TrainConfig, ckpt: Optional[Path] = None) -> Tuple[AutoDi
         model=model,
         trainer=trainer,
         features=FEATURES,
-        splits={"val": val},
+        splits={"search": val},  # architecture steps read the search split
         dataset=SimpleNamespace(schema=SimpleNamespace(is_weighted=False)),
     )
     trainer.hooks = method.hooks(sess)
@@ -109,7 +109,7 @@ def session(train_cfg: TrainConfig, ckpt: Optional[Path] = None) -> Tuple[AutoDi
     return method, sess, TrainLoader(ratings(2000, 1), FEATURES, 64), EvalLoader(val, FEATURES, 400)
 
 
-def test_pretrain_then_search_on_validation_every_f(tmp_path: Path) -> None:
+def test_pretrain_then_search_on_the_search_split_every_f(tmp_path: Path) -> None:
     """40 pre-training steps with equal weights (alpha untouched even though the training loss reaches
     it), then Gumbel-softmax with tau(t) and an architecture step exactly when t % 5 == 0."""
     method, sess, train, val = session(

@@ -9,6 +9,7 @@ import torch
 from recdim.search.bilevel import (
     BilevelConfig,
     BilevelHook,
+    arch_batch_size,
     average_over_ranks,
     exclude_from_training,
     requires_grad_scope,
@@ -157,3 +158,20 @@ def test_a_restored_hook_continues_the_validation_stream_where_it_was():
         resumed.load_state_dict(first.state_dict())
         got += [resumed.next_val_batch().labels.tolist() for _ in range(14 - cut)]
         assert got == expected, cut
+
+
+def test_arch_batch_size_caps_the_validation_batch():
+    from recdim.config.autodim import AutoDimConfig
+    from recdim.config.dnis import DNISConfig
+
+    assert arch_batch_size(4096, 1024, 40_000, 1) == 1024
+    assert arch_batch_size(512, 1024, 40_000, 1) == 512  # small training batches: unchanged
+    assert arch_batch_size(4096, 0, 40_000, 1) == 4096  # 0: the training batch
+    assert arch_batch_size(4096, 1024, 700, 2) == 700  # no more than the split, whole rows per rank
+    assert arch_batch_size(4096, 1023, 40_000, 2) == 1022
+    with pytest.raises(ValueError, match="too few"):
+        arch_batch_size(4096, 1024, 1, 2)
+    assert DNISConfig().val_batch_size == AutoDimConfig().val_batch_size == 1024
+    for make in (DNISConfig, AutoDimConfig):
+        with pytest.raises(ValueError, match="val_batch_size"):
+            make(val_batch_size=-1)
