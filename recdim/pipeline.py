@@ -188,7 +188,7 @@ def _cell_result(
     search_time: float,
     dims: Dict[str, Any],
 ) -> Dict[str, Any]:
-    from recdim.compare.signal import planted_signal
+    from recdim.layout.field_signal import planted_signal
 
     return {
         "method": method,

@@ -6,10 +6,10 @@ import json
 from pathlib import Path
 from typing import Any, Dict, List, Sequence
 
-from recdim.compare.signal import planted_signal, render_signal_markdown
 from recdim.config import Config
 from recdim.config_io import to_dict
 from recdim.fsio import write_json
+from recdim.layout.field_signal import planted_signal, render_signal_markdown
 
 
 def _row(name: str, res: Dict[str, Any], uniform_bytes: int, uniform_params: int, time_s: float) -> Dict[str, Any]:

@@ -1,3 +1,5 @@
+from pathlib import Path
+
 import pytest
 
 from recdim.config import Config, load
@@ -59,3 +61,9 @@ def test_override_errors_name_the_override_not_the_file(tmp_path):
     path.write_text("[train]\nepochz = 2\n")
     with pytest.raises(ConfigError, match=r"c\.toml: unknown key\(s\) train\.epochz"):
         load_config(Config, str(path), ["train.epochs=3"])
+
+
+@pytest.mark.parametrize("path", sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.toml")), ids=str)
+def test_every_shipped_config_loads(path):
+    cfg = load(str(path))
+    assert cfg.model.embedding_dim >= 1

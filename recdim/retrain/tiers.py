@@ -11,11 +11,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
-from recdim.compare.signal import field_dims
 from recdim.config import Config
 from recdim.data.prepared import PreparedDataset
 from recdim.data.schema import FieldKind
 from recdim.fsio import write_json
+from recdim.layout.field_signal import field_dims
 from recdim.layout.tier_plan import TablePlan
 from recdim.modules.table_init import init_tables
 from recdim.modules.tiered import tiered_provider_factory

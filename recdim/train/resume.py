@@ -99,6 +99,31 @@ def _init_optimizer_state(optimizer: Any) -> None:
             opt.init_state()
 
 
+def _drop_empty(d: Dict[str, Any], prefix: Tuple[str, ...] = ()) -> List[Tuple[str, ...]]:
+    """Removes empty dicts from ``d`` (recursively, in place) and returns their key paths.
+
+    A stateless table optimizer (fused SGD) has an empty state per table; DCP writes nothing for it, so a
+    load that asked for it would find a missing key.
+    """
+    dropped: List[Tuple[str, ...]] = []
+    for k in list(d):
+        v = d[k]
+        if isinstance(v, dict):
+            dropped += _drop_empty(v, prefix + (k,))
+            if not v:
+                del d[k]
+                dropped.append(prefix + (k,))
+    return dropped
+
+
+def _restore_empty(d: Dict[str, Any], paths: List[Tuple[str, ...]]) -> None:
+    """Puts back the empty dicts :func:`_drop_empty` removed."""
+    for path in paths:
+        node = d
+        for k in path:
+            node = node.setdefault(k, {})
+
+
 def training_state(trainer: Trainer) -> Tuple[Dict[str, Any], Dict[str, Any]]:
     """This rank's part of the trainer's state now: ``(DCP state dict, JSON meta)``.
 
@@ -171,7 +196,9 @@ def load_training_state(trainer: Trainer, checkpointer: Checkpointer, path: Any)
     same_world = meta["world_size"] == trainer.ctx.world_size
     if same_world:
         state["rng"] = {rng_key: _rng_state(trainer.ctx.device)}
+    empty = _drop_empty(state)
     checkpointer.load(path, state)
+    _restore_empty(state, empty)
     trainer.model.load_state_dict(state["model"])
     trainer.optimizer.load_state_dict(state["optim"])
     for k, h in hooks.items():

@@ -205,8 +205,11 @@ def _same(a: Dict[str, List[torch.Tensor]], b: Dict[str, List[torch.Tensor]]) ->
     )
 
 
-def test_resume_restores_model_optimizer_progress_and_hooks(data, tmp_path):
-    cfg = load(DEMO, (f"prepare.output={data}", *TRAIN, "train.max_steps=18"))
+@pytest.mark.parametrize("optimizer", ["rowwise_adagrad", "sgd"])  # stateful, and stateless (no optimizer tensors)
+def test_resume_restores_model_optimizer_progress_and_hooks(data, tmp_path, optimizer):
+    lr = "0.05" if optimizer == "rowwise_adagrad" else "20.0"
+    sets = (f"train.embedding_optimizer={optimizer}", f"train.embedding_lr={lr}")
+    cfg = load(DEMO, (f"prepare.output={data}", *TRAIN, "train.max_steps=18", *sets))
     capture = CaptureAt(16)
     try:
         first = open_session(cfg, hooks=lambda s: [CountingHook(), capture], out_dir=tmp_path)
@@ -232,6 +235,7 @@ def test_resume_restores_model_optimizer_progress_and_hooks(data, tmp_path):
     assert _same(b.fit_state.best_state, capture.best)
     optim = _local_optimizer_state(b.optimizer)
     assert optim.keys() == capture.optim.keys() and all(torch.equal(optim[k], capture.optim[k]) for k in optim)
+    assert any("fused" in k for k in optim) == (optimizer == "rowwise_adagrad")
 
 
 # ---------------------------------------------------------------------------------------- slow

@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 import torch
 
-from recdim.compare.signal import field_dims, planted_signal, render_signal_markdown, signal_summary
 from recdim.config import Config, PrepareConfig, SyntheticConfig
+from recdim.layout.field_signal import field_dims, planted_signal, render_signal_markdown, signal_summary
 
 
 def test_field_dims_row_mean_and_frequency_weighted():
