@@ -127,7 +127,12 @@ def render_signal_markdown(summary: Mapping[str, Any], title: str) -> str:
         "| field | true rank | strength | cardinality | kept dims (row mean) | kept dims (freq.) |",
     ]
     lines.append("|---|---|---|---|---|---|")
-    for r in sorted(summary["fields"], key=lambda r: (-(r["true_rank"] if r["strength"] > 0 else 0), r["field"])):
+
+    def order(r: Mapping[str, Any]) -> Any:  # strongest signal first, then C2 before C10
+        digits = "".join(ch for ch in r["field"] if ch.isdigit())
+        return (-(r["true_rank"] if r["strength"] > 0 else 0), len(digits), digits, r["field"])
+
+    for r in sorted(summary["fields"], key=order):
         lines.append(
             f"| {r['field']} | {r['true_rank'] if r['strength'] > 0 else 'noise'} | {r['strength']:g} | "
             f"{r['cardinality']} | {r['row_mean']:.2f} | {r['freq_weighted']:.2f} |"
