@@ -24,7 +24,9 @@ class BaselineConfig:
         random_min_dim: smallest dimension a block may get after scaling to the budget (0 drops it).
         mde_alpha: alpha of MDE's power rule d = lambda * p ** alpha (0: uniform; the DLRM default 0.3).
         mde_pow2: round MDE dimensions to powers of two (4, 8, 16, ...) instead of multiples of 4.
-        mde_min_dim: smallest MDE dimension (MDE never drops a block; 4 is the narrowest TBE width).
+        mde_min_dim: smallest MDE dimension (4 is the narrowest TBE width). A budget below every block at
+            ``mde_min_dim`` (CR above K / 4 at the default) lowers the floor to 0: the least popular blocks are
+            dropped first.
         num_blocks: L, frequency blocks per feature (random search and MDE; as DNIS's ``num_blocks``).
             MDE per table, as the DLRM code does it, is ``num_blocks = 1, blocking = "per_table"``.
         blocking: ``global`` or ``per_table`` (see :mod:`recdim.layout.blocks`). Random search draws one

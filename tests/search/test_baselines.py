@@ -204,11 +204,23 @@ def test_mde_budget_met_on_zipf_counts(cr, pow2):
         assert int(d.min()) >= cfg.mde_min_dim
 
 
-def test_mde_below_its_floor_is_an_error():
-    # K = 16, min_dim 4: CR 4 leaves exactly 4 values per row and nothing for the projections.
+@pytest.mark.parametrize("cr", [4.0, 10.0, 20.0])
+def test_mde_below_its_floor_drops_the_least_popular_blocks(cr):
+    # K = 16, min_dim 4: CR 4 leaves exactly 4 values per row and nothing for the projections, so the floor
+    # drops to 0 and the rarest blocks go first; the budget is met at every CR.
     counts = zipf_counts(2, sizes=(3000, 1200, 400))
+    num = {f: len(c) for f, c in counts.items()}
+    a = baseline_dims("mde", BaselineConfig(num_blocks=6), counts, K, cr)
+    assert_valid(a, budget_for_cr(num, K, cr))
+    assert a.info["min_dim"] == 0 and a.info["min_dim_lowered_from"] == 4
+    blocks = a.info["blocks"]  # [feature, start, stop, p, d]
+    dropped = [b for b in blocks if b[4] == 0]
+    kept = [b for b in blocks if b[4] > 0]
+    assert dropped and kept and max(b[3] for b in dropped) <= min(b[3] for b in kept)
     with pytest.raises(ValueError, match="below the smallest layout"):
-        baseline_dims("mde", BaselineConfig(num_blocks=6), counts, K, 4.0)
+        from recdim.search.baselines.mde import mde_dims
+
+        mde_dims(counts, make_block_plan("global", counts, 6), K, budget_for_cr(num, K, 4.0), min_dim=4)
 
 
 def test_baseline_dims_dispatch_and_names():

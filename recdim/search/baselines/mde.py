@@ -111,4 +111,15 @@ class MDEMethod(BaselineMethod):
         b, K = self.cfg.search.baseline, self.cfg.model.embedding_dim
         budget = budget_for_cr({f: len(c) for f, c in counts.items()}, K, cr)
         plan = make_block_plan(b.blocking, counts, b.num_blocks)
-        return mde_dims(counts, plan, K, budget, b.mde_alpha, mde_rounding(b.mde_pow2), b.mde_min_dim)
+        rounding = mde_rounding(b.mde_pow2)
+        try:
+            return mde_dims(counts, plan, K, budget, b.mde_alpha, rounding, b.mde_min_dim)
+        except ValueError:
+            if b.mde_min_dim == 0:
+                raise
+        # Budget-aware: below the smallest layout at mde_min_dim (every block at 4 dims: CR K / 4), the power
+        # rule runs with a floor of 0, so the least popular blocks round to 0 dims (dropped) first.
+        a = mde_dims(counts, plan, K, budget, b.mde_alpha, rounding, 0)
+        a.info["min_dim"] = 0
+        a.info["min_dim_lowered_from"] = b.mde_min_dim
+        return a
