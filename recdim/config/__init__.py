@@ -347,15 +347,16 @@ class PruneConfig:
             the mask, the lottery ticket; AutoDim starts fresh), ``inherit`` (searched values and arch)
             or ``fresh`` (new initial values under the mask, new arch).
         retrain: what retraining may change: ``all``; ``frozen_embeddings`` (AutoSrh's +FE: the tier tables keep
-            their starting values, only the arch trains) or ``frozen_interaction`` (+IF: the arch keeps its
-            starting parameters, only the tables train). See :mod:`recdim.retrain.freeze`.
+            their starting values, only the arch trains); ``frozen_interaction`` (+IF: the arch keeps its
+            starting parameters, only the tables train); or ``none`` (AutoSrh's \\R: no training, the pruned
+            model is scored as it starts, which must be the searched values). See :mod:`recdim.retrain.freeze`.
     """
 
     crs: Tuple[float, ...] = (2.0, 4.0, 8.0)
     eps: float = 0.0
     max_tiers: int = 4
     init: Literal["method", "inherit", "fresh"] = "method"
-    retrain: Literal["all", "frozen_embeddings", "frozen_interaction"] = "all"
+    retrain: Literal["all", "frozen_embeddings", "frozen_interaction", "none"] = "all"
 
     def __post_init__(self) -> None:
         if any(c < 1 for c in self.crs):

@@ -16,6 +16,7 @@ from recdim.data.prepared import PreparedDataset
 from recdim.data.schema import FieldKind
 from recdim.fsio import write_json
 from recdim.layout.field_signal import field_dims
+from recdim.layout.pruned import SERVABLE_INITS
 from recdim.layout.tier_plan import TablePlan
 from recdim.modules.table_init import init_tables
 from recdim.modules.tiered import tiered_provider_factory
@@ -24,7 +25,7 @@ from recdim.prune.store import StoredPruned, plan_bytes, planner_from_json, read
 from recdim.retrain.freeze import retrain_scope
 from recdim.retrain.tier_weights import masked_init, write_tier_tables
 from recdim.train.model_io import save_model
-from recdim.train.run import Session, open_session, train_and_evaluate
+from recdim.train.run import Session, evaluate_as_is, open_session, train_and_evaluate
 
 
 @dataclass
@@ -98,8 +99,17 @@ def run_retrain(cfg: Config, pruned_dir: Path, out_dir: Path, after: Sequence[Af
     """
     t0 = time.perf_counter()
     session, plans, sp = tiered_session(cfg, pruned_dir, out_dir)
-    with retrain_scope(session, cfg.prune.retrain):
-        results = train_and_evaluate(session, None)
+    if cfg.prune.retrain == "none":  # AutoSrh's \R: the pruned model scored as searched
+        init = sp.meta.get("info", {}).get("init")
+        if init not in SERVABLE_INITS:
+            raise ValueError(
+                f"{pruned_dir}: prune.retrain = 'none' scores the pruned model as it starts, but it starts from "
+                f"{init!r}, not the searched values; prune it with prune.init = 'inherit'"
+            )
+        results = evaluate_as_is(session)
+    else:
+        with retrain_scope(session, cfg.prune.retrain):
+            results = train_and_evaluate(session, None)
     results["retrain_mode"] = cfg.prune.retrain
     results["prune"] = {k: sp.meta[k] for k in ("method", "cr", "kept", "total", "info", "tiers")}
     results["prune"]["source"] = str(pruned_dir)

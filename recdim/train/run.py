@@ -161,6 +161,33 @@ def train_and_evaluate(
     return results
 
 
+def evaluate_as_is(session: Session) -> Dict[str, Any]:
+    """Validation and test metrics of the session's model as it stands, without a training step (e.g. a
+    pruned model scored before retraining: AutoSrh's \\R ablation). Same keys as :func:`train_and_evaluate`
+    where they apply; ``steps`` is 0.
+    """
+    t0 = time.perf_counter()
+    trainer, provider = session.trainer, session.model.provider
+    return {
+        "val": trainer.evaluate(session.val_loader),
+        "test": trainer.evaluate(session.eval_loader("test")),
+        "params": provider.embedding_params(),
+        "bytes": provider.embedding_bytes(),
+        "best_epoch": None,
+        "epochs_run": 0,
+        "steps": 0,
+        "history": [],
+        "wall_time_s": time.perf_counter() - t0,
+        "world_size": session.ctx.world_size,
+        "device": str(session.ctx.device),
+        "features": session.features,
+        "split_rows": {name: len(split) for name, split in session.splits.items()},
+        "memory": peak_memory(),
+        "config": to_dict(session.cfg),
+        "dataset": str(session.dataset.path),
+    }
+
+
 def run_train(cfg: Config, out_dir: Optional[Path]) -> Dict[str, Any]:
     """The uniform-dimension baseline, end to end: with ``out_dir``, the trained model is saved to
     ``<out_dir>/model`` (``recdim export --from`` reads it) before ``results.json`` is written.

@@ -75,3 +75,26 @@ def test_run_retrain_records_the_mode_and_rejects_unknown(setup):
     with pytest.raises(ValueError, match="prune.retrain must be one of"):
         with retrain_scope(None, "frozen_everything"):
             pass
+
+
+def test_retrain_none_scores_the_searched_model_without_a_step(setup):
+    cfg, pruned, root = setup
+    import dataclasses
+
+    none = dataclasses.replace(cfg, prune=dataclasses.replace(cfg.prune, retrain="none"))
+    with pytest.raises(ValueError, match="prune.init = 'inherit'"):  # a fresh start is not a searched model
+        run_retrain(none, pruned, root / "none-fresh")
+    from recdim.layout.pruned import PrunedModel
+    from recdim.prune.planner import PlannerConfig
+    from recdim.prune.store import read_pruned, write_pruned
+
+    sp = read_pruned(pruned)
+    g = torch.Generator().manual_seed(3)
+    values = {f: torch.randn(m.shape, generator=g) * 0.1 for f, m in sp.masks.items()}
+    pm = PrunedModel("dnis", 1.5, sp.masks, values, info={"init": "searched values, alpha folded in"})
+    searched = write_pruned(root / "searched", pm, PlannerConfig(), {})
+    results = run_retrain(none, searched, root / "none")
+    assert results["steps"] == 0 and results["retrain_mode"] == "none"
+    session, plans, _ = tiered_session(none, searched, None)
+    again = session.trainer.evaluate(session.eval_loader("test"))
+    assert again == results["test"]  # the model as written, scored once
