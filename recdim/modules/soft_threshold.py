@@ -58,6 +58,38 @@ GATE_INVERSES: Dict[Gate, Callable[[torch.Tensor], torch.Tensor]] = {
 }
 
 
+# Gates whose inverse is known, float32 estimates (see estimate_survival_keys): |V| (a fresh float32 tensor,
+# overwritten) -> g^{-1}(|V|) within about 2^-23 * (|g^{-1}(|V|)| + 2) of the float64 value.
+GATE_INVERSES_F32: Dict[Gate, Callable[[torch.Tensor], torch.Tensor]] = {
+    torch.sigmoid: lambda magnitude: torch.logit_(magnitude.clamp_(max=1.0)),
+    torch.exp: lambda magnitude: torch.log_(magnitude),
+}
+
+
+def estimate_survival_keys(values: torch.Tensor, s: torch.Tensor, gate: Gate) -> torch.Tensor:
+    """float32 estimates of :func:`survival_keys`, for screening: the float32 inverse of the same float32
+    magnitude is within a few ulps of the float64 one (subnormal magnitudes included; 0 gives -inf and, under
+    the sigmoid, ``|V| >= 1`` gives +inf, as in the float64 keys), so an estimate farther than about
+    ``2^-20 * (|g^{-1}(|V|)| + |s| + 4)`` from an offset is on the same side of it as the float64 key. NaN
+    where V or s is NaN.
+
+    Args:
+        values: V, float32 [..., k].
+        s: thresholds, float32, broadcastable to V.
+        gate: one of :data:`GATE_INVERSES_F32`.
+
+    Returns:
+        Tensor: float32, V's shape.
+
+    Example::
+
+        rough = estimate_survival_keys(v, s, torch.sigmoid)   # ~= survival_keys(v, s, torch.sigmoid).float()
+    """
+    if gate not in GATE_INVERSES_F32:
+        raise ValueError(f"estimate_survival_keys needs a gate with a known inverse, got {gate}")
+    return GATE_INVERSES_F32[gate](values.abs()).sub_(s)
+
+
 def survival_keys(values: torch.Tensor, s: torch.Tensor, gate: Gate) -> torch.Tensor:
     """Per value, the offset below which it survives: ``S(V, g(s + offset)) != 0`` iff ``key > offset``.
 

@@ -179,3 +179,27 @@ def test_take_touched_lists_every_looked_up_row_once(unique_fraction: float) -> 
     with torch.no_grad():
         provider(kjt)
     assert provider.take_touched() == {}  # lookups without gradients touch nothing
+
+
+@pytest.mark.parametrize("gate", ["sigmoid", "exp"])
+@pytest.mark.parametrize("spacing", [0.37, 1e-3, 1e-6])
+def test_screened_bins_equal_exact_bins(gate, spacing) -> None:
+    """The float32-screened bins equal the bins of the float64 keys, for values whose keys lie on, next to
+    and between the offsets, and for 0, |V| >= 1, subnormals and NaN."""
+    from recdim.modules.soft_threshold import GATES, survival_keys
+
+    g_fn = GATES[gate]
+    g = torch.Generator().manual_seed(1)
+    s = (torch.randn(4000, 8, generator=g) * 2 - 6).float()
+    q = torch.tensor([-3.0 + spacing * i for i in range(60)], dtype=torch.float32).double()
+    grid = OffsetGrid(q.tolist())
+    # Values whose keys land exactly on an offset and one float32 ulp either side of it.
+    pick = q[torch.randint(0, len(q), (4000, 8), generator=g)]
+    on = g_fn((s.double() + pick)).float()
+    values = torch.stack([on, torch.nextafter(on, torch.ones_like(on)), torch.nextafter(on, torch.zeros_like(on))])
+    values = values * torch.where(torch.rand(values.shape, generator=g) < 0.5, -1.0, 1.0)
+    rand = torch.randn(4000, 8, generator=g) * 0.05
+    special = torch.tensor([0.0, 1.0, -1.0, 2.0, 1e-40, -1e-40, float("nan"), 1e-3], dtype=torch.float32)
+    for v, t in [(x, s) for x in values] + [(rand, s), (special.expand(4000, 8).contiguous(), s)]:
+        exact = grid.bins(survival_keys(v, t, g_fn))
+        assert torch.equal(grid.screened_bins(v, t, g_fn), exact)
