@@ -70,7 +70,8 @@ def _worker(args: argparse.Namespace) -> None:
     else:
         m = create(args.method, cfg, kind="search")
         ds = PreparedDataset(cfg.data_path)
-        session = open_session(cfg, m.provider_factory(ds, ds.feature_names(cfg.data.features)), m.hooks)
+        factory = m.provider_factory(ds, ds.feature_names(cfg.data.features))
+        session = open_session(cfg, factory, m.hooks, search_split=m.search_split())
     trainer = session.trainer
     loader = session.train_loader
 

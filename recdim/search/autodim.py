@@ -43,7 +43,7 @@ from recdim.modules.candidate_dims import (
     gumbel_noise,
 )
 from recdim.modules.uniform import table_name
-from recdim.search.bilevel import BilevelConfig, BilevelHook, arch_batch_size
+from recdim.search.bilevel import BilevelConfig, BilevelHook, arch_batch_size, search_rows
 from recdim.search.dims_at_budget import dims_at_budget
 from recdim.search.method import SearchedModel, SearchMethod
 from recdim.train.build import ProviderFactory
@@ -206,7 +206,8 @@ class AutoDimMethod(SearchMethod):
     Example::
 
         method = AutoDimMethod(cfg)
-        session = open_session(cfg, method.provider_factory(ds, features), method.hooks)
+        factory = method.provider_factory(ds, features)
+        session = open_session(cfg, factory, method.hooks, search_split=method.search_split())
         train_and_evaluate(session, out)
         method.save(session, out)          # autodim_dims.json, autodim_weights.safetensors
     """
@@ -235,7 +236,7 @@ class AutoDimMethod(SearchMethod):
         provider = session.model.provider
         if not isinstance(provider, CandidateDimsProvider):
             raise TypeError(f"AutoDim needs a CandidateDimsProvider, got {type(provider).__name__}")
-        ctx, val = session.ctx, session.splits["search"]
+        ctx, val = session.ctx, search_rows(session)
         batch = arch_batch_size(self.cfg.train.batch_size, self.autodim.val_batch_size, len(val), ctx.world_size)
         loader = TrainLoader(
             val,

@@ -74,6 +74,20 @@ def exclude_from_training(provider: EmbeddingProvider) -> None:
         p.requires_grad_(False)
 
 
+def search_rows(session: Any) -> Any:
+    """The session's ``search`` split, on which architecture steps learn.
+
+    Raises:
+        KeyError: naming the fix, when the session was opened without one (``open_session(...,
+            search_split=method.search_split())``).
+    """
+    if "search" not in session.splits:
+        raise KeyError(
+            "this session has no search split: open it with open_session(..., search_split=method.search_split())"
+        )
+    return session.splits["search"]
+
+
 def arch_batch_size(train_batch_size: int, cap: int, val_rows: int, world_size: int) -> int:
     """Global batch size of an architecture step's held-out batch: ``min(train_batch_size, cap)`` (``cap`` 0:
     no cap), no more than the search split holds, in whole rows per rank.

@@ -66,6 +66,7 @@ from recdim.search.bilevel import (
     arch_batch_size,
     exclude_from_training,
     requires_grad_scope,
+    search_rows,
 )
 from recdim.search.method import SearchedModel, SearchMethod
 from recdim.train.build import ProviderFactory
@@ -431,7 +432,7 @@ class DNISMethod(SearchMethod):
         if self.dnis.single_level:
             self.hook = SingleLevelDNISHook(provider, self.dnis)
             return [self.hook]
-        val, ctx, train = session.splits["search"], session.ctx, session.cfg.train
+        val, ctx, train = search_rows(session), session.ctx, session.cfg.train
         batch = arch_batch_size(train.batch_size, self.dnis.val_batch_size, len(val), ctx.world_size)
         loader = TrainLoader(
             val, session.features, batch, ctx.rank, ctx.world_size, train.seed + 1, session.dataset.schema.is_weighted
