@@ -118,6 +118,20 @@ def open_session(
     return session
 
 
+def _session_facts(session: Session) -> Dict[str, Any]:
+    """What every ``results.json`` records about where a model ran: world, device, features, split rows,
+    peak memory, config and dataset."""
+    return {
+        "world_size": session.ctx.world_size,
+        "device": str(session.ctx.device),
+        "features": session.features,
+        "split_rows": {name: len(split) for name, split in session.splits.items()},
+        "memory": peak_memory(),
+        "config": to_dict(session.cfg),
+        "dataset": str(session.dataset.path),
+    }
+
+
 def train_and_evaluate(
     session: Session, out_dir: Optional[Path], extra: Optional[Dict[str, Any]] = None
 ) -> Dict[str, Any]:
@@ -141,15 +155,9 @@ def train_and_evaluate(
         "train_time_s": fit.train_time_s,
         "samples_per_s": fit.samples_per_s,
         "wall_time_s": time.perf_counter() - t0,
-        "world_size": session.ctx.world_size,
-        "device": str(session.ctx.device),
-        "features": session.features,
-        "split_rows": {name: len(split) for name, split in session.splits.items()},
-        "memory": peak_memory(),
         "history": fit.history,
         "search": {k: v for h in trainer.hooks for k, v in h.state().items()},
-        "config": to_dict(session.cfg),
-        "dataset": str(session.dataset.path),
+        **_session_facts(session),
     }
     changes = [c for h in trainer.hooks if isinstance(h, CheckpointHook) for c in h.config_changes]
     if changes:
@@ -178,13 +186,7 @@ def evaluate_as_is(session: Session) -> Dict[str, Any]:
         "steps": 0,
         "history": [],
         "wall_time_s": time.perf_counter() - t0,
-        "world_size": session.ctx.world_size,
-        "device": str(session.ctx.device),
-        "features": session.features,
-        "split_rows": {name: len(split) for name, split in session.splits.items()},
-        "memory": peak_memory(),
-        "config": to_dict(session.cfg),
-        "dataset": str(session.dataset.path),
+        **_session_facts(session),
     }
 
 
