@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from typing import Any, List, Sequence, TypeVar
 
 from recdim.config.compare import CompareConfig
+from recdim.config.methods import parse
 from recdim.config_io import apply_overrides, from_dict, to_dict
 
 C = TypeVar("C")
@@ -26,12 +27,25 @@ class Cell:
         arch: interaction arch.
         cr: compression rate.
         seed: training seed.
+        search_arch: the arch a search method searches with when it is not ``arch`` (transferability,
+            ``compare.search_arch``); empty: ``arch``.
     """
 
     method: str
     arch: str
     cr: float
     seed: int
+    search_arch: str = ""
+
+    @property
+    def searched_on(self) -> str:
+        """The arch the cell's search runs with."""
+        return self.search_arch or self.arch
+
+    @property
+    def transfers(self) -> bool:
+        """Whether the dimensions are searched on another arch than the one retrained."""
+        return self.searched_on != self.arch
 
     @property
     def run_id(self) -> str:
@@ -40,15 +54,24 @@ class Cell:
 
     @property
     def search_id(self) -> str:
-        """Directory of a search that does not depend on the budget, shared by every budget of the same
-        (arch, method, seed): ``<arch>/searches/<method>-seed<seed>``."""
-        return f"{_safe(self.arch)}/searches/{_safe(self.method)}-seed{self.seed}"
+        """Directory of a search that does not depend on the budget, shared by every budget (and, under
+        transfer, every retrained arch) of the same (search arch, method, seed):
+        ``<search arch>/searches/<method>-seed<seed>``."""
+        return f"{_safe(self.searched_on)}/searches/{_safe(self.method)}-seed{self.seed}"
+
+    def search_cell(self) -> "Cell":
+        """The cell whose config the search runs with: this one on its search arch."""
+        return Cell(self.method, self.searched_on, self.cr, self.seed)
 
     def describe(self) -> str:
-        return f"{self.method} {self.arch} cr={format_cr(self.cr)} seed={self.seed}"
+        searched = f" (searched on {self.search_arch})" if self.transfers else ""
+        return f"{self.method} {self.arch}{searched} cr={format_cr(self.cr)} seed={self.seed}"
 
     def to_json(self) -> dict:
-        return {"method": self.method, "arch": self.arch, "cr": self.cr, "seed": self.seed, "run_id": self.run_id}
+        out = {"method": self.method, "arch": self.arch, "cr": self.cr, "seed": self.seed, "run_id": self.run_id}
+        if self.search_arch:
+            out["search_arch"] = self.search_arch
+        return out
 
 
 def _safe(name: str) -> str:
@@ -65,7 +88,8 @@ def expand_grid(compare: CompareConfig, default_arch: str) -> List[Cell]:
         default_arch: the arch when ``compare.arches`` is empty (``model.arch``).
 
     Returns:
-        ``len(arches) * len(budgets) * len(seeds) * len(methods)`` cells.
+        ``len(arches) * len(budgets) * len(seeds) * len(methods)`` cells; search methods carry
+        ``compare.search_arch``.
 
     Example::
 
@@ -73,8 +97,9 @@ def expand_grid(compare: CompareConfig, default_arch: str) -> List[Cell]:
         # 'dlrm/cr2/ue/seed0'
     """
     arches = compare.arches or (default_arch,)
+    searches = {m: compare.search_arch if parse(m)[0].kind == "search" else "" for m in compare.methods}
     return [
-        Cell(method, arch, float(cr), int(seed))
+        Cell(method, arch, float(cr), int(seed), searches[method])
         for arch in arches
         for cr in compare.budgets
         for seed in compare.seeds

@@ -7,6 +7,10 @@ candidate runs (``ue@<d>``, ``random@<i>``), each saved under ``candidates/<name
 finishes; the cell reports the candidate best on validation, and its ``search_time_s`` is the time of
 all candidates (the selection is the search), its ``retrain_time_s`` the chosen run's.
 
+With ``compare.search_arch`` (transferability) every search method searches with that arch and each
+cell retrains the dimensions found on its own arch; the searches are keyed by the search arch
+(:attr:`Cell.search_id`), so one search serves every retrained arch and budget.
+
 Resuming assumes the same experiment config: adding methods, arches, budgets or seeds extends the grid,
 but a changed training or data setting makes old and new cells incomparable (a warning says so; use a
 new output directory).
@@ -117,6 +121,7 @@ def run_cell(
     run_dir: Path,
     num_embeddings: Optional[Mapping[str, int]] = None,
     log: Callable[[str], None] = logger.info,
+    search_cfg: Any = None,
 ) -> Dict[str, Any]:
     """Runs one cell (a single run, or every candidate of grid / random search) and returns its record.
 
@@ -128,6 +133,9 @@ def run_cell(
         run_dir: the cell's directory.
         num_embeddings: ``{feature: N}`` (grid search needs it to drop dimensions over the budget).
         log: where per-candidate lines go.
+        search_cfg: the config a search method searches with when the cell transfers dimensions from
+            another arch (:attr:`Cell.transfers`, ``cell_config`` of :meth:`Cell.search_cell`); passed on to
+            the experiment as ``search_cfg``.
 
     Returns:
         ``{"cell", "result", "selection", "uniform_params", "wall_s", "finished_at"}``; ``result`` is the
@@ -142,13 +150,17 @@ def run_cell(
     if names == [cell.method]:
         from recdim.config.methods import parse
 
-        shared = {}
+        shared: Dict[str, Any] = {}
         entry, _ = parse(cell.method)
         if entry.kind == "search" and entry.load().budget_free:  # one search serves every budget
             root = run_dir
             for _ in cell.run_id.split("/"):
                 root = root.parent
-            shared = {"search_dir": root / cell.search_id}
+            shared["search_dir"] = root / cell.search_id
+        if entry.kind == "search" and cell.transfers:
+            if search_cfg is None:
+                raise ValueError(f"{cell.describe()}: a transferred search needs the search arch's config")
+            shared["search_cfg"] = search_cfg
         result = dict(experiment(cfg, cell.method, cell.cr, cell.seed, run_dir, **shared))
     else:
         results = []
@@ -211,6 +223,7 @@ def run_compare(
     out = Path(out_dir) if out_dir is not None else Path(compare.output)
     cells = expand_grid(compare, cfg.model.arch)
     configs = {cell: cell_config(cfg, compare, cell) for cell in cells}  # every cell validated up front
+    search_configs = {c: cell_config(cfg, compare, c.search_cell()) for c in cells if c.transfers}
     if prepare:
         from recdim.pipeline import ensure_prepared
 
@@ -240,7 +253,16 @@ def run_compare(
                 rows[ccfg.data_path] = _num_embeddings(ccfg)
             bar.set_postfix_str(cell.describe())
             try:
-                record = run_cell(cell, ccfg, compare, experiment, run_dir, rows[ccfg.data_path], tqdm.write)
+                record = run_cell(
+                    cell,
+                    ccfg,
+                    compare,
+                    experiment,
+                    run_dir,
+                    rows[ccfg.data_path],
+                    tqdm.write,
+                    search_configs.get(cell),
+                )
             except Exception as e:  # noqa: BLE001 - a failed cell is recorded; the grid goes on
                 if compare.stop_on_error:
                     raise

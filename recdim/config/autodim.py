@@ -10,6 +10,11 @@ from typing import Literal, Tuple
 class AutoDimConfig:
     """AutoDim: every feature mixes a few candidate dimensions; weights on validation pick one.
 
+    The paper's ablations are settings here: weight sharing (``storage``), linear transform or zero padding
+    (``transform``), no temperature annealing (``tau_decay = 0``: tau stays ``tau_start``), first- or
+    second-order architecture gradients (``second_order``); AutoDim-s, the soft mixture scored without
+    selection and retraining, is the method ``autodim_s``.
+
     Args:
         candidates: candidate dimensions, multiples of 4; those above K are dropped.
         storage: ``shared`` (prefix slices of one table of the largest candidate, weight sharing) or
@@ -29,10 +34,16 @@ class AutoDimConfig:
         tau_start: Gumbel-softmax temperature when the search starts.
         tau_decay: decrease of the temperature per search step.
         tau_min: lowest temperature; tau = max(tau_min, tau_start - tau_decay * search step).
+        second_order: take the unrolled (DARTS second-order) architecture gradient, with a one-step look-ahead
+            of the transforms and the arch at ``train.lr`` and a finite-difference Hessian-vector product
+            (four passes per architecture step instead of one), instead of the first-order one.
+        fd_epsilon: finite-difference step of the second-order gradient, divided by the norm of the
+            direction (``eps = fd_epsilon / ||v||``).
 
     Example::
 
         cfg = AutoDimConfig(candidates=(4, 8, 16), update_every=10, pretrain_steps=1000)
+        no_annealing = AutoDimConfig(tau_decay=0.0)
     """
 
     candidates: Tuple[int, ...] = (4, 8, 16, 24, 32)
@@ -46,6 +57,8 @@ class AutoDimConfig:
     tau_start: float = 1.0
     tau_decay: float = 5e-5
     tau_min: float = 0.01
+    second_order: bool = False
+    fd_epsilon: float = 0.01
 
     def __post_init__(self) -> None:
         if not self.candidates or any(d <= 0 or d % 4 for d in self.candidates):
@@ -58,3 +71,5 @@ class AutoDimConfig:
             raise ValueError("autodim.pretrain_steps and pretrain_epochs must be >= 0")
         if not 0 < self.tau_min <= self.tau_start or self.tau_decay < 0:
             raise ValueError("autodim temperatures need 0 < tau_min <= tau_start and tau_decay >= 0")
+        if self.fd_epsilon <= 0:
+            raise ValueError(f"autodim.fd_epsilon must be > 0, got {self.fd_epsilon}")

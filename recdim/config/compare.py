@@ -37,6 +37,11 @@ class CompareConfig:
         select_metric: validation metric that picks grid / random candidates; empty means ``auc`` for
             binary labels and ``mse`` for ratings. ``auc`` / ``accuracy`` are maximised, losses minimised.
         stop_on_error: raise at the first failing cell instead of recording it and going on.
+        search_arch: transferability: the arch every search method searches with (with that arch's
+            ``arch_overrides``); each cell then retrains the dimensions found on its own arch, from a fresh
+            initialisation of that arch (the searched arch's weights do not fit it). Empty: each cell
+            searches with its own arch. A budget-free search is shared by every cell of the same
+            (search arch, method, seed). Baselines ignore it.
 
     Example::
 
@@ -45,6 +50,9 @@ class CompareConfig:
         arches = ["deepfm", "dlrm"]
         budgets = [2.0, 4.0]
         seeds = [0, 1, 2]
+        # transferability: search on FM, retrain on each arch
+        # arches = ["fm", "nfm", "pnn"]
+        # search_arch = "fm"
     """
 
     methods: Tuple[str, ...] = ("ue", "mde")
@@ -57,6 +65,7 @@ class CompareConfig:
     arch_overrides: Dict[str, Tuple[str, ...]] = field(default_factory=dict)
     select_metric: str = ""
     stop_on_error: bool = False
+    search_arch: str = ""
 
     def __post_init__(self) -> None:
         if not self.methods or not self.budgets or not self.seeds:
@@ -65,6 +74,8 @@ class CompareConfig:
             parse(m, "compare.methods")
         check_arches(self.arches, "compare.arches")
         check_arches(self.arch_overrides, "compare.arch_overrides")
+        if self.search_arch:
+            check_arches((self.search_arch,), "compare.search_arch")
         for name, values in (
             ("methods", self.methods),
             ("arches", self.arches),

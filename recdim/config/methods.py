@@ -54,6 +54,12 @@ METHODS: Dict[str, MethodEntry] = _entries(
     MethodEntry("pep", "recdim.search.pep:PEPMethod", "search", help="learnable soft thresholds (PEP)"),
     MethodEntry("autodim", "recdim.search.autodim:AutoDimMethod", "search", help="per-field candidate dims (AutoDim)"),
     MethodEntry(
+        "autodim_s",
+        "recdim.search.autodim:AutoDimSoftMethod",
+        "search",
+        help="AutoDim-s: the searched soft mixture evaluated as is",
+    ),
+    MethodEntry(
         "magnitude",
         "recdim.search.magnitude:MagnitudeMethod",
         "search",
@@ -71,6 +77,10 @@ METHODS: Dict[str, MethodEntry] = _entries(
         help="random search over mixed dims",
     ),
     MethodEntry("mde", "recdim.search.baselines.mde:MDEMethod", "baseline", help="mixed-dimension power rule (MDE)"),
+    MethodEntry(
+        "qr", "recdim.search.baselines.quotient_remainder:QRMethod", "baseline", help="quotient-remainder embedding"
+    ),
+    MethodEntry("hash", "recdim.search.baselines.hashing:HashingMethod", "baseline", help="hashed embedding rows"),
 )
 
 

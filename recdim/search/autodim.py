@@ -13,16 +13,26 @@ Schedule (steps counted by the training loop):
    search steps; every f-th search step takes one first-order architecture step on a search-split batch of
    at most ``AutoDimConfig.val_batch_size`` rows (:class:`~recdim.search.bilevel.BilevelHook`, tables frozen).
 3. Derivation: each feature keeps ``argmax_j alpha_fj`` (:meth:`CandidateDimsProvider.derive_dims`).
+
+Variants (the paper's ablations) by configuration: ``storage`` (weight sharing or one table per candidate),
+``transform`` (Linear + BatchNorm or zero padding), ``tau_decay = 0`` (a fixed temperature, no annealing),
+``second_order`` (the unrolled DARTS gradient, :class:`UnrolledBilevelHook`); and by method: ``autodim_s``
+(:class:`AutoDimSoftMethod`) scores the searched soft mixture as it is, with neither the argmax selection nor
+retraining.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
+import time
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence
+from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Sequence, Type
 
 import torch
 from safetensors.torch import save_file
+from torchrec.datasets.utils import Batch
+from torchrec.optim.optimizers import in_backward_optimizer_filter
 
 from recdim.config import Config, ModelConfig, PruneConfig
 from recdim.config.autodim import AutoDimConfig
@@ -33,6 +43,7 @@ from recdim.layout.masks import CR_TOLERANCE, kept_for_cr, mask_stats, prefix_ma
 from recdim.layout.pruned import PrunedModel
 from recdim.modules.candidate_dims import (
     CandidateDimsProvider,
+    CandidateMixing,
     EqualMixing,
     GumbelSoftmaxMixing,
     LinearBatchNorm,
@@ -42,8 +53,9 @@ from recdim.modules.candidate_dims import (
     ZeroPad,
     gumbel_noise,
 )
+from recdim.modules.table_init import TABLE_PARAM
 from recdim.modules.uniform import table_name
-from recdim.search.bilevel import BilevelConfig, BilevelHook, arch_batch_size, search_rows
+from recdim.search.bilevel import BilevelConfig, BilevelHook, arch_batch_size, requires_grad_scope, search_rows
 from recdim.search.dims_at_budget import dims_at_budget
 from recdim.search.method import SearchedModel, SearchMethod
 from recdim.train.build import ProviderFactory
@@ -159,6 +171,158 @@ class AutoDimHook(StepHook):
         }
 
 
+def mixing_for(tau: float) -> CandidateMixing:
+    """The mixing a recorded temperature stands for: ``0`` equal weights (pre-training), else the
+    Gumbel-softmax at ``tau`` (noise-free in eval: ``softmax(alpha / tau)``)."""
+    return EqualMixing() if tau == 0 else GumbelSoftmaxMixing(tau)
+
+
+class AutoDimSoftHook(AutoDimHook):
+    """:class:`AutoDimHook` that also records the mixing of the epoch validation selects, so that the
+    restored (validation-selected) model can be scored with the mixing it was selected with (AutoDim-s).
+
+    The temperature keeps falling after the best epoch, and an epoch of the pre-training is scored with
+    equal weights, so the mixing at the end of training is not, in general, the one the selected state was
+    validated with. ``selected_tau`` is that epoch's temperature (``0``: equal weights; ``None`` before the
+    first epoch ends). Same arguments as :class:`AutoDimHook`.
+
+    Example::
+
+        hook = AutoDimSoftHook(provider, bilevel, pretrain_steps=1000)
+        trainer.fit(train, val)                       # restores the best epoch's state
+        provider.mixing = mixing_for(hook.selected_tau)
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.selected_tau: Optional[float] = None
+
+    def current_tau(self) -> float:
+        """The temperature of the mixing in use now (``0``: equal weights)."""
+        return self.mixing.tau if self.searching else 0.0
+
+    def on_epoch_end(self, trainer: Any, epoch: int, val_metrics: Dict[str, float]) -> None:
+        # Called after this epoch's validation and before the trainer keeps its state when it is the best
+        # (and before the search may start below): the mixing now is the one that was validated.
+        name, higher = trainer.selection
+        best, value = trainer.fit_state.best_value, val_metrics[name]
+        if best is None or (value > best if higher else value < best):
+            self.selected_tau = self.current_tau()
+        super().on_epoch_end(trainer, epoch, val_metrics)
+
+    def state_dict(self) -> Dict[str, Any]:
+        return {**super().state_dict(), "selected_tau": -1.0 if self.selected_tau is None else self.selected_tau}
+
+    def load_state_dict(self, state: Dict[str, Any]) -> None:
+        super().load_state_dict(state)
+        tau = float(state["selected_tau"])
+        self.selected_tau = None if tau < 0 else tau
+
+    def state(self) -> Dict[str, Any]:
+        out = super().state()
+        out["autodim"]["selected_tau"] = self.selected_tau
+        return out
+
+
+@contextlib.contextmanager
+def fixed_gumbel_noise(provider: CandidateDimsProvider) -> Iterator[None]:
+    """Within this context every forward of ``provider`` reuses one Gumbel draw per feature group (the
+    first), so that the several passes of one second-order architecture step see the same mixing weights.
+    A no-op unless the provider mixes by :class:`GumbelSoftmaxMixing`.
+
+    Example::
+
+        with fixed_gumbel_noise(provider):
+            a, b = model(batch), model(batch)      # the same p in both
+    """
+    mixing = provider.mixing
+    if not isinstance(mixing, GumbelSoftmaxMixing):
+        yield
+        return
+    draw, drawn = mixing.noise, {}
+
+    def replay(features: Sequence[int], alpha: torch.Tensor) -> torch.Tensor:
+        key = tuple(features)
+        if key not in drawn:
+            drawn[key] = draw(features, alpha)
+        return drawn[key]
+
+    mixing.noise = replay
+    try:
+        yield
+    finally:
+        mixing.noise = draw
+
+
+class UnrolledBilevelHook(BilevelHook):
+    """Architecture steps with the second-order (unrolled, DARTS) gradient of AutoDim's eq. 9::
+
+        ∇_α L_val(W', α) − ∇²_{α,W} L_train(W, α) · Ξ ∇_{W'} L_val(W', α),     W' = W − Ξ ∇_W L_train(W, α)
+
+    computed by :func:`~recdim.search.dnis.unrolled_arch_grad` (finite-difference Hessian product) on the
+    training batch just trained on and one search-split batch, with one Gumbel draw for all its passes
+    (:func:`fixed_gumbel_noise`). W is every trainable parameter outside the fused optimizer and outside
+    alpha: the candidate transforms and the arch, Ξ = ``train.lr``, plus the tables when they are
+    materialised (the dense kernel), Ξ = ``train.embedding_lr``; tables under the fused optimizer are frozen
+    in every pass, so for them the gradient is first-order. The BatchNorm running statistics of the
+    transforms see each of the four training-mode passes.
+
+    Args:
+        provider: the candidate-dimension provider.
+        val_batches: a loader over the search split (cycled).
+        cfg: learning rate and frequency of the architecture steps.
+        lr: the dense learning rate (``train.lr``).
+        embedding_lr: the table learning rate (``train.embedding_lr``).
+        fd_epsilon: finite-difference step, divided by the norm of the direction.
+
+    Example::
+
+        bilevel = UnrolledBilevelHook(provider, loader, BilevelConfig(update_every=10), lr=1e-3, embedding_lr=0.05)
+    """
+
+    def __init__(
+        self,
+        provider: CandidateDimsProvider,
+        val_batches: TrainLoader,
+        cfg: BilevelConfig,
+        lr: float,
+        embedding_lr: float,
+        fd_epsilon: float = 0.01,
+    ) -> None:
+        super().__init__(provider, val_batches, cfg)
+        self.lr, self.embedding_lr, self.fd_epsilon = float(lr), float(embedding_lr), float(fd_epsilon)
+        self._train_batch: Optional[Batch] = None
+
+    def after_step(self, trainer: Any, step: int, batch: Batch) -> None:
+        self._train_batch = batch
+        super().after_step(trainer, step, batch)
+
+    def arch_gradient(self, trainer: Any, batch: Batch) -> None:
+        from recdim.search.dnis import unrolled_arch_grad
+
+        arch_ids = {id(p) for p in self.params}
+        named = in_backward_optimizer_filter(trainer.model.named_parameters(), include=False)
+        named = [(k, p) for k, p in named if p.requires_grad and id(p) not in arch_ids]
+        fused = any(True for _ in in_backward_optimizer_filter(self.provider.named_parameters(), include=True))
+        freeze = self.provider.frozen_tables if fused else contextlib.nullcontext
+        train_batch = self._train_batch if self._train_batch is not None else batch
+
+        def loss_on(b: Batch) -> Callable[[], torch.Tensor]:
+            def closure() -> torch.Tensor:
+                with freeze():
+                    return trainer.loss(b)
+
+            return closure
+
+        xi = [self.embedding_lr if TABLE_PARAM.search(k) else self.lr for k, _ in named]
+        with requires_grad_scope(self.params), fixed_gumbel_noise(self.provider):
+            grads = unrolled_arch_grad(
+                self.params, [p for _, p in named], loss_on(train_batch), loss_on(batch), xi, self.fd_epsilon
+            )
+        for p, g in zip(self.params, grads):
+            p.grad = g
+
+
 def build_candidate_provider(
     cfg: AutoDimConfig, model: ModelConfig, num_embeddings: Dict[str, int], weighted: bool, device: torch.device
 ) -> CandidateDimsProvider:
@@ -214,6 +378,8 @@ class AutoDimMethod(SearchMethod):
 
     name = "autodim"
     budget_free = True
+    hook_type: Type[AutoDimHook] = AutoDimHook
+    """The schedule hook :meth:`hooks` builds."""
 
     def __init__(self, cfg: Config, autodim: Optional[AutoDimConfig] = None) -> None:
         super().__init__(cfg)
@@ -247,12 +413,17 @@ class AutoDimMethod(SearchMethod):
             self.cfg.train.seed,
             session.dataset.schema.is_weighted,
         )
-        bilevel = BilevelHook(
-            provider, loader, BilevelConfig(arch_lr=self.autodim.arch_lr, update_every=self.autodim.update_every)
-        )
         a = self.autodim
+        steps = BilevelConfig(arch_lr=a.arch_lr, update_every=a.update_every)
+        if a.second_order:
+            train = self.cfg.train
+            bilevel: BilevelHook = UnrolledBilevelHook(
+                provider, loader, steps, train.lr, train.embedding_lr, a.fd_epsilon
+            )
+        else:
+            bilevel = BilevelHook(provider, loader, steps)
         schedule = lambda t: gumbel_temperature(t, a.tau_start, a.tau_decay, a.tau_min)  # noqa: E731
-        self.hook = AutoDimHook(provider, bilevel, a.pretrain_steps, a.pretrain_epochs, schedule)
+        self.hook = self.hook_type(provider, bilevel, a.pretrain_steps, a.pretrain_epochs, schedule)
         return [self.hook]
 
     def save(self, session: Any, out_dir: Path) -> Dict[str, Any]:
@@ -306,3 +477,145 @@ def prefix_values(tables: Mapping[str, torch.Tensor], dims: Mapping[str, int], K
         padded[:, : min(K, w.size(1))] = w[:, :K]
         out[f] = padded
     return out
+
+
+def soft_model_params(provider: CandidateDimsProvider) -> Dict[str, int]:
+    """Every value the searched soft mixture stores to embed a batch, by kind: the tables (all candidates:
+    the shared largest-candidate table, or one table per candidate), the candidate transforms (Linear
+    weights of the real ``K x d_j`` blocks and biases), their BatchNorm running means and variances, and
+    alpha.
+
+    Example::
+
+        p = CandidateDimsProvider({"user": 100}, 16)   # candidates 4, 8, 16, Linear + BatchNorm
+        soft_model_params(p)
+        # {"tables": 1600, "transforms": 496, "normalisation": 96, "alpha": 3, "total": 2195}
+    """
+    transforms = normalisation = 0
+    for (_, members), t in zip(provider.groups, provider.transforms):
+        if isinstance(t, LinearBatchNorm):
+            channels = t.num_candidates * t.embedding_dim
+            transforms += len(members) * (int(t.mask.sum()) + channels)  # K * sum_j d_j weights, J * K biases
+            normalisation += 2 * len(members) * channels
+        else:
+            transforms += sum(p.numel() for p in t.parameters())
+    out = {
+        "tables": int(provider.embedding_params()),
+        "transforms": int(transforms),
+        "normalisation": int(normalisation),
+        "alpha": int(sum(a.numel() for a in provider.alpha)),
+    }
+    out["total"] = sum(out.values())
+    return out
+
+
+class AutoDimSoftMethod(AutoDimMethod):
+    """AutoDim-s, the paper's ablation without the argmax selection and retraining: the soft mixture the
+    search trained (every candidate, its transform and the architecture weights) is scored as it is.
+
+    The search is AutoDim's; its hook (:class:`AutoDimSoftHook`) records the mixing of the epoch the
+    validation selects. :meth:`evaluate_searched` then rebuilds the validation-selected model with that
+    mixing and reads validation and test once. Its size is what it stores (:func:`soft_model_params`):
+    the tables of every candidate plus the transforms, at least as many values as a uniform model of width
+    K when the largest candidate is K, so its compression rate is at most about 1 whatever the budget
+    (the budget-free search serves every budget).
+
+    Args:
+        cfg: the experiment config.
+        autodim: AutoDim settings (default ``cfg.search.autodim``).
+
+    Example::
+
+        method = AutoDimSoftMethod(cfg)
+        run_search(cfg, Path("runs/autodim_s/search"), method="autodim_s")
+        result = method.evaluate_searched(Path("runs/autodim_s/search"), Path("runs/autodim_s/eval"))
+        result["prune"]["cr"]      # uniform values / stored values, <= 1 with K among the candidates
+    """
+
+    name = "autodim_s"
+    hook_type = AutoDimSoftHook
+
+    def derive(self, searched: SearchedModel, prune: PruneConfig) -> List[PrunedModel]:
+        """AutoDim-s has no pruned model: it is scored as searched (:meth:`evaluate_searched`).
+
+        Raises:
+            ValueError: always.
+        """
+        raise ValueError(
+            f"{self.name} scores the searched soft mixture as it is and has no pruned models; "
+            "prune an autodim search to select and retrain dimensions"
+        )
+
+    def evaluate_searched(self, search_dir: Path, out_dir: Optional[Path] = None) -> Dict[str, Any]:
+        """Scores the validation-selected soft mixture of ``search_dir`` and writes ``<out_dir>/results.json``.
+
+        The model is rebuilt from the search's config and saved state (the best epoch's), mixed as at that
+        epoch (``selected_tau``), and evaluated without a training step: validation, then test, once.
+
+        Args:
+            search_dir: an ``autodim_s`` search run.
+            out_dir: where ``results.json`` goes (None: nowhere).
+
+        Returns:
+            What :func:`recdim.retrain.tiers.run_retrain` returns, for the soft model: ``val``, ``test``,
+            ``params`` and ``bytes`` (every stored value, float32; ``stored`` by kind), ``retrain_time_s``
+            (the evaluation's), ``field_dims`` (stored width per field) and ``prune`` (``cr``: uniform
+            values / stored values; ``info``: mixing, weights, and the argmax dims, not applied).
+
+        Raises:
+            ValueError: when ``search_dir`` is not an ``autodim_s`` search.
+        """
+        from recdim.config_io import from_dict
+        from recdim.fsio import write_json
+        from recdim.train.model_io import load_model
+        from recdim.train.run import evaluate_as_is, open_session
+
+        t0 = time.perf_counter()
+        search_dir = Path(search_dir)
+        searched = json.loads((search_dir / "results.json").read_text())
+        tau = searched.get("search", {}).get("autodim", {}).get("selected_tau")
+        if searched.get("search", {}).get("method") != self.name or tau is None:
+            raise ValueError(f"{search_dir}: not a finished {self.name} search (no selected mixing recorded)")
+        scfg = from_dict(Config, searched["config"], source=str(search_dir / "results.json"))
+        dataset = PreparedDataset(scfg.data_path)
+        features = dataset.feature_names(scfg.data.features)
+        session = open_session(scfg, type(self)(scfg).provider_factory(dataset, features))
+        load_model(session.dmp, search_dir)
+        provider = session.model.provider
+        provider.mixing = mixing_for(float(tau))
+        results = evaluate_as_is(session)
+        stored = soft_model_params(provider)
+        uniform = sum(provider.num_embeddings.values()) * provider.embedding_dim
+        widths = {f: sum(t.embedding_dim for t in provider.tables if f in t.feature_names) for f in features}
+        info = {
+            "mixing": "equal" if tau == 0 else "gumbel_softmax",
+            "selected_tau": float(tau),
+            "weights": {f: [round(float(x), 6) for x in w] for f, w in provider.candidate_weights().items()},
+            "argmax_dims": provider.derive_dims(),
+            "stored_dims": widths,
+            "init": "searched",
+        }
+        results.update(
+            params=stored["total"],
+            bytes=4 * stored["total"],
+            stored=stored,
+            search_val=searched["val"],
+            retrain_mode="none: the soft mixture as searched",
+            field_dims={
+                f: {"rows": provider.num_embeddings[f], "row_mean": float(w), "freq_weighted": float(w)}
+                for f, w in widths.items()
+            },
+            prune={
+                "method": self.name,
+                "cr": uniform / stored["total"],
+                "kept": stored["total"],
+                "total": uniform,
+                "info": info,
+                "tiers": None,
+                "source": str(search_dir),
+            },
+        )
+        results["retrain_time_s"] = time.perf_counter() - t0
+        if out_dir is not None and session.ctx.is_main:
+            write_json(Path(out_dir) / "results.json", results)
+        return results

@@ -242,4 +242,4 @@ def test_ready_configs_load_strictly(name):
         from recdim.config.methods import names
 
         assert set(cfg.compare.methods) == set(names()) - {"autosrh"}
-        assert len(cells) <= 32 and cfg.prepare.source == "synthetic" and cfg.prepare.synthetic.rows <= 20_000
+        assert len(cells) <= 48 and cfg.prepare.source == "synthetic" and cfg.prepare.synthetic.rows <= 20_000

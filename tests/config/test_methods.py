@@ -21,7 +21,13 @@ def test_every_entry_loads_its_method(name):
 
 
 def test_budget_free_searches():
-    assert {n for n in names("search") if METHODS[n].load().budget_free} == {"dnis", "autosrh", "autodim", "magnitude"}
+    assert {n for n in names("search") if METHODS[n].load().budget_free} == {
+        "dnis",
+        "autosrh",
+        "autodim",
+        "autodim_s",
+        "magnitude",
+    }
 
 
 def test_parse_arguments_and_errors():
