@@ -13,7 +13,14 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Dict, Literal, Optional, Tuple
 
-from recdim.config.arches import ARCHES, Arch, PNNProduct  # noqa: F401  (re-exported)
+from recdim.config.arches import (  # noqa: F401  (re-exported)
+    ARCHES,
+    LINEAR_SOURCES,
+    LINEAR_TABLE_ARCHES,
+    Arch,
+    LinearSource,
+    PNNProduct,
+)
 from recdim.config.autodim import AutoDimConfig
 from recdim.config.baseline import BaselineConfig
 from recdim.config.compare import CompareConfig
@@ -219,6 +226,11 @@ class ModelConfig:
         attention_heads: AutoInt's attention heads per layer.
         attention_dim: AutoInt's width per head d'; a layer outputs ``attention_heads * attention_dim``.
         pnn_product: PNN's product layer: ``inner`` (IPNN), ``outer`` (OPNN) or ``both`` (PNN*).
+        linear: where FM, DeepFM and LR take the per-id weight of their first-order term: ``embedding``
+            (w_f . e_id, read from the provider's embedding, so a field pruned to 0 dims loses it too) or
+            ``table`` (a one-weight-per-id table owned by the arch, :class:`~recdim.models.fm.LinearTable`,
+            never pruned: PEP-0 is FM with this table and every embedding pruned away). Other arches
+            take ``embedding`` only.
     """
 
     arch: Arch = "dlrm"
@@ -231,8 +243,16 @@ class ModelConfig:
     attention_heads: int = 2
     attention_dim: int = 32
     pnn_product: PNNProduct = "inner"
+    linear: LinearSource = "embedding"
 
     def __post_init__(self) -> None:
+        if self.linear not in LINEAR_SOURCES:
+            raise ValueError(f"model.linear must be one of {list(LINEAR_SOURCES)}, got {self.linear!r}")
+        if self.linear == "table" and self.arch not in LINEAR_TABLE_ARCHES:
+            raise ValueError(
+                f"model.linear = 'table' needs an arch with a first-order term {list(LINEAR_TABLE_ARCHES)}, "
+                f"got {self.arch!r}"
+            )
         if self.embedding_dim <= 0 or self.embedding_dim % 4:
             raise ValueError(f"embedding_dim must be a positive multiple of 4 (FBGEMM's TBE), got {self.embedding_dim}")
         for name in ("attention_layers", "attention_heads", "attention_dim"):

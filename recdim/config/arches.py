@@ -11,6 +11,11 @@ from typing import Iterable, Literal, Tuple, get_args
 Arch = Literal["dlrm", "deepfm", "fm", "wide_deep", "mf", "mlp", "neumf", "autoint", "nfm", "pnn", "lr"]
 ARCHES: Tuple[str, ...] = get_args(Arch)
 PNNProduct = Literal["inner", "outer", "both"]
+# Where the first-order (linear) term of FM, DeepFM and LR reads its per-id weights: ``embedding`` (w_f . e_id,
+# from the provider's, possibly pruned, embedding) or ``table`` (a separate one-weight-per-id table of the arch).
+LinearSource = Literal["embedding", "table"]
+LINEAR_SOURCES: Tuple[str, ...] = get_args(LinearSource)
+LINEAR_TABLE_ARCHES: Tuple[str, ...] = ("fm", "deepfm", "lr")
 
 
 def check_arches(values: Iterable[str], field: str) -> None:

@@ -122,7 +122,8 @@ class ServingModel(nn.Module):
             artifact.plans, artifact.multi_valued, artifact.model.pooling, artifact.is_weighted, torch.device("cpu")
         )
         provider.load_tier_values(artifact.tier_values)
-        arch = build_arch(artifact.model, self.features, int(artifact.manifest["num_dense"]), 0.0)
+        rows = {f: artifact.schema[f].num_embeddings for f in self.features}
+        arch = build_arch(artifact.model, self.features, int(artifact.manifest["num_dense"]), 0.0, rows)
         try:
             arch.load_state_dict(artifact.arch_state, strict=True)
         except RuntimeError as e:

@@ -27,7 +27,12 @@ class InteractionArch(nn.Module, abc.ABC):
 
     Returns:
         Tensor: [B] logits (binary labels) or predicted ratings.
+
+    An arch whose :attr:`reads_ids` is true also takes the batch's ids (KeyedJaggedTensor) as a third
+    argument (e.g. FM's first-order term from a table of its own, ``model.linear = "table"``).
     """
+
+    reads_ids: bool = False
 
     def __init__(self, feature_names: Sequence[str], embedding_dim: int, num_dense: int) -> None:
         super().__init__()

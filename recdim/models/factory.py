@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Mapping, Optional, Sequence
 
 from recdim.config import ARCHES, ModelConfig
 from recdim.models.autoint import AutoIntArch
@@ -24,6 +24,7 @@ def build_arch(
     feature_names: Sequence[str],
     num_dense: int,
     init_bias: float = 0.0,
+    num_embeddings: Optional[Mapping[str, int]] = None,
 ) -> InteractionArch:
     """The arch ``cfg.arch`` over ``feature_names`` (F features, K = ``cfg.embedding_dim``) and D dense.
 
@@ -34,12 +35,15 @@ def build_arch(
             read the first two as user and item.
         num_dense: D (0 for none).
         init_bias: initial output bias (e.g. the mean training rating, or the base-rate logit).
+        num_embeddings: ids per feature; needed by FM, DeepFM and LR with ``cfg.linear = "table"``, whose
+            first-order weights sit in a table of the arch's own.
 
     Returns:
         InteractionArch: maps (dense [B, D], KeyedTensor [B, F * K]) to [B].
 
     Raises:
-        ValueError: unknown arch, or MF / NeuMF with fewer than two features.
+        ValueError: unknown arch, MF / NeuMF with fewer than two features, or ``cfg.linear = "table"``
+            without ``num_embeddings``.
 
     Example::
 
@@ -54,12 +58,13 @@ def build_arch(
         raise ValueError(f"arch {arch!r} needs at least one sparse feature")
     if arch in ("mf", "neumf") and len(names) < 2:
         raise ValueError(f"arch {arch!r} needs two features (user, item), got {len(names)}: {names}")
+    linear = (cfg.linear, num_embeddings, cfg.pooling)
     if arch == "dlrm":
         return DLRMArch(names, k, num_dense, cfg.bottom_mlp, cfg.mlp, cfg.dropout, init_bias)
     if arch == "deepfm":
-        return DeepFMArch(names, k, num_dense, cfg.mlp, cfg.dropout, init_bias)
+        return DeepFMArch(names, k, num_dense, cfg.mlp, cfg.dropout, init_bias, *linear)
     if arch == "fm":
-        return FMArch(names, k, num_dense, init_bias)
+        return FMArch(names, k, num_dense, init_bias, *linear)
     if arch == "wide_deep":
         return WideDeepArch(names, k, num_dense, cfg.mlp, cfg.dropout, init_bias)
     if arch == "mf":
@@ -74,4 +79,4 @@ def build_arch(
         return NFMArch(names, k, num_dense, cfg.mlp, cfg.dropout, init_bias)
     if arch == "pnn":
         return PNNArch(names, k, num_dense, cfg.mlp, cfg.dropout, init_bias, cfg.pnn_product)
-    return LRArch(names, k, num_dense, init_bias)
+    return LRArch(names, k, num_dense, init_bias, *linear)

@@ -46,4 +46,7 @@ class RecModel(nn.Module):
         self.regularizer = EmbeddingL2(embedding_l2)
 
     def forward(self, dense: torch.Tensor, sparse: KeyedJaggedTensor) -> torch.Tensor:
-        return self.arch(dense, self.regularizer(self.provider(sparse)))
+        embeddings = self.regularizer(self.provider(sparse))
+        if self.arch.reads_ids:
+            return self.arch(dense, embeddings, sparse)
+        return self.arch(dense, embeddings)

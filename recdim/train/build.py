@@ -60,5 +60,5 @@ def build_model(
     weighted = any(schema[f].kind.value == "weighted" for f in features)
     provider = provider_factory(cfg.model, num_embeddings, weighted, device)
     bias = output_bias(schema.label, train.labels) if train is not None else 0.0
-    arch = build_arch(cfg.model, list(features), len(schema.dense_names), init_bias=bias)
+    arch = build_arch(cfg.model, list(features), len(schema.dense_names), init_bias=bias, num_embeddings=num_embeddings)
     return RecModel(provider, arch, embedding_l2=cfg.train.embedding_l2)

@@ -228,6 +228,9 @@ def test_baseline_dims_dispatch_and_names():
     cfg = BaselineConfig(num_blocks=3, blocking="per_table")
     assert baseline_dims("ue", cfg, counts, K, 2.0).info["uniform_dim"] == 8
     assert baseline_dims("ue@4", cfg, counts, K, 2.0).params == 460 * 4
+    # ue@0: every field at 0 dims (PEP-0's comparison point), at any budget
+    zero = baseline_dims("ue@0", cfg, counts, K, 1000.0)
+    assert zero.params == 0 and all(int(d.max()) == 0 for d in zero.dims.values())
     with pytest.raises(ValueError, match="exceed the budget"):
         baseline_dims("ue@16", cfg, counts, K, 2.0)
     assert baseline_dims("random@2", cfg, counts, K, 2.0).method == "random@2"

@@ -82,7 +82,7 @@ class UniformMethod(BaselineMethod):
         num = {f: len(c) for f, c in counts.items()}
         K = self.cfg.model.embedding_dim
         dim = arg if arg is not None else self.cfg.search.baseline.ue_dim
-        if not dim:
+        if arg is None and not dim:  # ue: the largest dim the budget allows; ue@0: every field at 0 dims
             return uniform_for_cr(num, K, cr)
         a = uniform_dims(num, dim, K)
         budget = budget_for_cr(num, K, cr)
