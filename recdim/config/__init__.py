@@ -162,6 +162,9 @@ class PrepareConfig:
         split_by: ``random`` (seeded) or ``time`` (where the data has a timestamp).
         numerical: how numerical fields become features: ``bucketize`` (v > 2 -> floor(ln(v)^2), a
             categorical id), ``dense`` (dense feature), ``weighted`` (field embedding times value).
+        numerical_fields: per-field overrides of ``numerical`` (``{"I1" = "weighted", "I2" = "bucketize"}``);
+            fields not named take ``numerical``. A name that is not a numerical field of the source is an
+            error naming it.
         seed: split seed.
         chunk_rows: rows read per chunk (bounds memory).
         rows_per_shard: rows per Parquet shard.
@@ -180,6 +183,7 @@ class PrepareConfig:
     split: Tuple[float, float, float] = (0.8, 0.1, 0.1)
     split_by: Literal["random", "time"] = "random"
     numerical: Literal["bucketize", "dense", "weighted"] = "bucketize"
+    numerical_fields: Dict[str, Literal["bucketize", "dense", "weighted"]] = field(default_factory=dict)
     seed: int = 0
     chunk_rows: int = 100_000
     rows_per_shard: int = 1_000_000
@@ -194,6 +198,10 @@ class PrepareConfig:
             raise ValueError(f"split must be three non-negative fractions summing to 1, got {self.split}")
         if self.min_count < 1:
             raise ValueError(f"min_count must be >= 1, got {self.min_count}")
+        modes = ("bucketize", "dense", "weighted")
+        bad = {f: m for f, m in self.numerical_fields.items() if m not in modes}
+        if bad:
+            raise ValueError(f"prepare.numerical_fields: modes must be one of {list(modes)}, got {bad}")
 
 
 @dataclass(frozen=True)

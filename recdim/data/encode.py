@@ -4,7 +4,8 @@ Each encoder first :meth:`~FieldEncoder.observe`\\ s the train rows chunk by chu
 hash, see :mod:`recdim.data.vocab`), is then :meth:`~FieldEncoder.finish`\\ ed into a vocabulary, and
 finally :meth:`~FieldEncoder.encode`\\ s every chunk of every split.
 
-Numerical fields become features in one of three ways (``PrepareConfig.numerical``):
+Numerical fields become features in one of three ways (``PrepareConfig.numerical``, or per field
+``PrepareConfig.numerical_fields``):
 
 - ``bucketize``: ``v > 2`` -> bucket ``floor(ln(v)^2)``; ``v <= 2`` -> its own category ``floor(v)``;
   missing -> a category ``missing`` of its own. Buckets are then counted and vocab'd like any
@@ -19,7 +20,7 @@ from __future__ import annotations
 
 import abc
 import itertools
-from typing import Optional, Tuple, Union
+from typing import List, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import pandas as pd
@@ -239,3 +240,31 @@ def make_encoder(field: RawField, numerical: str) -> FieldEncoder:
     if numerical not in _NUMERICAL:
         raise ValueError(f"numerical must be one of {sorted(_NUMERICAL)}, got {numerical!r}")
     return _NUMERICAL[numerical](field.name)
+
+
+def make_encoders(
+    fields: Sequence[RawField], numerical: str, numerical_fields: Optional[Mapping[str, str]] = None
+) -> List[FieldEncoder]:
+    """The encoders of a source's raw fields, each numerical field by its own mode.
+
+    Args:
+        fields: the raw fields (the reader's schema hint).
+        numerical: the mode of numerical fields not in ``numerical_fields``.
+        numerical_fields: ``{field: mode}`` overrides.
+
+    Raises:
+        ValueError: an override naming a field the source lacks or a field that is not numerical, or an
+            unknown mode.
+
+    Example::
+
+        make_encoders(hint.fields, "bucketize", {"I1": "weighted"})  # I1 weighted, I2..I13 bucketized
+    """
+    overrides = dict(numerical_fields or {})
+    kinds = {f.name: f.kind for f in fields}
+    for name in overrides:
+        if name not in kinds:
+            raise ValueError(f"prepare.numerical_fields: {name!r} is not a field of this source; fields: {list(kinds)}")
+        if kinds[name] != RawKind.NUMERICAL:
+            raise ValueError(f"prepare.numerical_fields: {name!r} is a {kinds[name].value} field, not a numerical one")
+    return [make_encoder(f, overrides.get(f.name, numerical)) for f in fields]

@@ -34,7 +34,7 @@ from tqdm import tqdm
 
 from recdim.config import PrepareConfig
 from recdim.config_io import to_dict
-from recdim.data.encode import FieldEncoder, make_encoder
+from recdim.data.encode import FieldEncoder, make_encoders
 from recdim.data.readers import make_reader
 from recdim.data.readers.base import BadRowBudget, RawChunk, RawReader
 from recdim.data.schema import Schema
@@ -132,7 +132,7 @@ def prepare(cfg: PrepareConfig) -> Path:
         raise ValueError(f"chunk_rows must be >= 1, got {cfg.chunk_rows}")
     reader = make_reader(cfg)
     hint = reader.schema_hint
-    encoders = [make_encoder(f, cfg.numerical) for f in hint.fields]
+    encoders = make_encoders(hint.fields, cfg.numerical, cfg.numerical_fields)
     for enc in encoders:
         _check_name(enc.name)
     splitter = _make_splitter(reader, cfg)
