@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from recdim.data.errors import DataError
-from recdim.data.readers import AvazuReader, BadRowBudget, CriteoReader
+from recdim.data.readers import AmazonReader, AvazuReader, BadRowBudget, CriteoReader, KDD12Reader
 
 ROWS = 60
 CASES = 40
@@ -31,6 +31,26 @@ def avazu_rows(rng: np.random.Generator) -> List[str]:
     for i in range(ROWS):
         click, pos, site = (int(v) for v in (rng.integers(0, 2), rng.integers(0, 3), rng.integers(0, 9)))
         out.append(f"{i},{click},14102100,1005,{pos},{site:x}a,1,{i % 7}")
+    return out
+
+
+def kdd12_rows(rng: np.random.Generator) -> List[str]:
+    """KDD Cup 2012 track 2 training rows: Click, Impression, then 10 id columns (64-bit query-free ids)."""
+    out = []
+    for _ in range(ROWS):
+        shown = int(rng.integers(1, 5))
+        ids = [str(int(v)) for v in rng.integers(0, 2**62, 2)] + [str(int(v)) for v in rng.integers(0, 99999, 8)]
+        ids[4], ids[5] = str(int(rng.integers(1, 4))), str(int(rng.integers(1, 4)))  # depth, position
+        out.append("\t".join([str(int(rng.integers(0, shown + 1))), str(shown)] + ids))
+    return out
+
+
+def amazon_rows(rng: np.random.Generator) -> List[str]:
+    """Headerless Amazon ratings: user, item (leading zeros), rating, unix time."""
+    out = []
+    for _ in range(ROWS):
+        user, item = f"A{int(rng.integers(0, 2**40)):X}", f"{int(rng.integers(0, 10**6)):010d}"
+        out.append(f"{user},{item},{float(rng.integers(1, 6))},{int(rng.integers(10**9, 1.5 * 10**9))}")
     return out
 
 
@@ -82,17 +102,24 @@ def read(reader, limit: int = ROWS + 5) -> Tuple[Dict[int, tuple], int]:
     rows: Dict[int, tuple] = {}
     for chunk in reader.chunks(17, budget):
         for j, line in enumerate(chunk.lines.tolist()):
-            rows[line] = (float(chunk.label[j]),) + tuple(str(chunk.features[k][j]) for k in sorted(chunk.features))
+            time = () if chunk.time is None else (int(chunk.time[j]),)
+            rows[line] = (
+                (float(chunk.label[j]),) + time + tuple(str(chunk.features[k][j]) for k in sorted(chunk.features))
+            )
     return rows, budget.count
 
 
-@pytest.mark.parametrize("fmt", ["criteo", "criteo_gz", "avazu"])
+@pytest.mark.parametrize("fmt", ["criteo", "criteo_gz", "avazu", "kdd12", "kdd12_gz", "amazon", "amazon_gz"])
 def test_mutated_inputs_end_in_a_clear_error_or_counted_skips(tmp_path: Path, fmt: str) -> None:
     rng = np.random.default_rng(7)
     make, Reader, sep, name = {
         "criteo": (criteo_rows, CriteoReader, "\t", "train.txt"),
         "criteo_gz": (criteo_rows, CriteoReader, "\t", "train.txt.gz"),
         "avazu": (avazu_rows, AvazuReader, ",", "train.csv"),
+        "kdd12": (kdd12_rows, KDD12Reader, "\t", "training.txt"),
+        "kdd12_gz": (kdd12_rows, KDD12Reader, "\t", "training.txt.gz"),
+        "amazon": (amazon_rows, AmazonReader, ",", "ratings_Books.csv"),
+        "amazon_gz": (amazon_rows, AmazonReader, ",", "ratings_Books.csv.gz"),
     }[fmt]
     clean_lines = make(rng)
     clean_path = tmp_path / ("clean-" + name)
