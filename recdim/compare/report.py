@@ -90,8 +90,9 @@ def aggregate(
         arch_order: arches likewise.
 
     Returns:
-        Rows ``{"arch", "cr", "method", "seeds", "n", "stats": {quantity: mean_std}, "chosen"}`` sorted by
-        arch, budget, method; ``chosen`` lists grid / random's chosen candidate per seed (else empty).
+        Rows ``{"arch", "cr", "method", "seeds", "n", "stats": {quantity: mean_std}, "chosen", "tuned"}``
+        sorted by arch, budget, method; ``chosen`` lists grid / random's chosen candidate per seed and
+        ``tuned`` the ``compare.tune`` setting chosen per seed (else empty).
 
     Example::
 
@@ -118,6 +119,7 @@ def aggregate(
                 "n": len(recs),
                 "stats": {k: mean_std([v[k] for v in values if k in v]) for k in names},
                 "chosen": [r["selection"]["chosen"] for r in recs if r.get("selection")],
+                "tuned": [r["tuning"]["chosen"] for r in recs if r.get("tuning")],
             }
         )
     return rows
@@ -179,6 +181,9 @@ def render_markdown(
         chosen = any(r["chosen"] for r in sub)
         if chosen:
             cols.append("chosen")
+        tuned = any(r.get("tuned") for r in sub)
+        if tuned:
+            cols.append("tuned (per seed)")
         lines += [f"## {arch}", "", "| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
         for r in sub:
             st = r["stats"]
@@ -194,6 +199,8 @@ def render_markdown(
             ]
             if chosen:
                 cells.append(", ".join(r["chosen"]) or "—")
+            if tuned:
+                cells.append("; ".join(r.get("tuned", [])) or "—")
             lines.append("| " + " | ".join(cells) + " |")
         lines.append("")
     signal_rows = [r for r in rows if any(k.startswith("signal.") for k in r["stats"])]

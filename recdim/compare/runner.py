@@ -5,7 +5,9 @@ cell whose file exists is skipped, so running the same command again resumes an 
 (and retries failed cells, which leave ``failed.json`` instead). Grid and random search expand into
 candidate runs (``ue@<d>``, ``random@<i>``), each saved under ``candidates/<name>/candidate.json`` as it
 finishes; the cell reports the candidate best on validation, and its ``search_time_s`` is the time of
-all candidates (the selection is the search), its ``retrain_time_s`` the chosen run's.
+all candidates (the selection is the search), its ``retrain_time_s`` the chosen run's. With
+``compare.tune`` every cell runs once per tuning setting (``tune/<label>/setting.json``; a shared search
+per setting) and keeps the setting best on validation (:mod:`recdim.compare.tune`).
 
 With ``compare.search_arch`` (transferability) every search method searches with that arch and each
 cell retrains the dimensions found on its own arch; the searches are keyed by the search arch
@@ -26,13 +28,14 @@ import traceback
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Callable, Dict, Mapping, Optional, Union
+from typing import Any, Callable, Dict, Mapping, Optional, Tuple, Union
 
 from tqdm import tqdm
 
-from recdim.compare.grid import Cell, cell_config, config_echo, expand_grid
+from recdim.compare.grid import Cell, cell_config, config_echo, expand_grid, override_config
 from recdim.compare.report import write_compare_report
 from recdim.compare.select import choose_best, selection_record
+from recdim.compare.tune import tune_grid
 from recdim.config.baseline import BaselineConfig
 from recdim.config.compare import CompareConfig
 from recdim.search.baselines.methods import candidate_methods
@@ -43,6 +46,7 @@ Experiment = Callable[[Any, str, float, int, Path], Dict[str, Any]]
 CELL_FILE = "cell.json"
 FAILED_FILE = "failed.json"
 CANDIDATE_FILE = "candidate.json"
+TUNE_FILE = "setting.json"
 
 
 @dataclass
@@ -123,12 +127,13 @@ def run_cell(
     log: Callable[[str], None] = logger.info,
     search_cfg: Any = None,
 ) -> Dict[str, Any]:
-    """Runs one cell (a single run, or every candidate of grid / random search) and returns its record.
+    """Runs one cell (a single run, or every candidate of grid / random search; with ``compare.tune``,
+    each of them once per tuning setting) and returns its record.
 
     Args:
         cell: the cell.
         cfg: the cell's config (:func:`recdim.compare.grid.cell_config`).
-        compare: the grid settings (``select_metric``).
+        compare: the grid settings (``select_metric``, ``tune``).
         experiment: ``run_experiment(cfg, method, cr, seed, out_dir) -> result``.
         run_dir: the cell's directory.
         num_embeddings: ``{feature: N}`` (grid search needs it to drop dimensions over the budget).
@@ -138,15 +143,72 @@ def run_cell(
             the experiment as ``search_cfg``.
 
     Returns:
-        ``{"cell", "result", "selection", "uniform_params", "wall_s", "finished_at"}``; ``result`` is the
-        (chosen) run's result, ``selection`` None for a single run.
+        ``{"cell", "result", "selection", "tuning", "uniform_params", "wall_s", "finished_at"}``;
+        ``result`` is the (chosen) run's result, ``selection`` None for a single run, ``tuning`` None
+        without ``compare.tune``, else the chosen setting and every setting's validation metrics
+        (:func:`recdim.compare.select.selection_record`, plus ``values``). Under tuning the cell's
+        ``search_time_s`` is the time of every setting and its ``retrain_time_s`` the chosen run's.
     """
     t0 = time.perf_counter()
     if cell.method == "grid" and num_embeddings is None:
         raise FileNotFoundError(f"{cfg.data_path}: grid search needs the prepared dataset's row counts")
+    settings = tune_grid(compare.tune)
+    tuning = None
+    if not settings:
+        result, selection = _run_setting(cell, cfg, compare, experiment, run_dir, num_embeddings, log, search_cfg)
+    else:
+        outs = []
+        for s in settings:
+            path = run_dir / "tune" / s.label / TUNE_FILE
+            if path.exists():
+                out = _read_json(path)
+            else:
+                tcfg = override_config(cfg, s.overrides)
+                tscfg = override_config(search_cfg, s.overrides) if search_cfg is not None else None
+                r, sel = _run_setting(
+                    cell, tcfg, compare, experiment, path.parent, num_embeddings, log, tscfg, f"-{s.label}"
+                )
+                out = {"setting": s.to_json(), "result": r, "selection": sel}
+                _write_json(path, out)
+                log(f"  {cell.describe()} {s.describe()}: val {_metrics_text(r.get('val', {}))}")
+            outs.append(out)
+        results = [o["result"] for o in outs]
+        best, metric, higher = choose_best(results, compare.select_metric)
+        tuning = selection_record([s.describe() for s in settings], results, best, metric, higher)
+        tuning["values"] = [s.to_json()["values"] for s in settings]
+        tuning["chosen_values"] = settings[best].to_json()["values"]
+        result, selection = dict(results[best]), outs[best]["selection"]
+        others = sum(float(r.get("search_time_s", 0.0)) + float(r.get("retrain_time_s", 0.0)) for r in results)
+        result["search_time_s"] = others - float(result.get("retrain_time_s", 0.0))
+    uniform = result.get("uniform_params")
+    if uniform is None and num_embeddings is not None:
+        uniform = sum(num_embeddings.values()) * cfg.model.embedding_dim
+    return {
+        "cell": cell.to_json(),
+        "result": result,
+        "selection": selection,
+        "tuning": tuning,
+        "uniform_params": uniform,
+        "wall_s": time.perf_counter() - t0,
+        "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
+
+
+def _run_setting(
+    cell: Cell,
+    cfg: Any,
+    compare: CompareConfig,
+    experiment: Experiment,
+    run_dir: Path,
+    num_embeddings: Optional[Mapping[str, int]],
+    log: Callable[[str], None],
+    search_cfg: Any,
+    search_suffix: str = "",
+) -> Tuple[Dict[str, Any], Optional[Dict[str, Any]]]:
+    """One cell at one training setting: ``(result, selection)``; a shared search lives in
+    ``<out>/runs/<search id><search_suffix>`` (one per tuning setting)."""
     K = cfg.model.embedding_dim
     names = candidate_methods(cell.method, _baseline_config(cfg), num_embeddings or {}, K, cell.cr)
-    selection = None
     if names == [cell.method]:
         from recdim.config.methods import parse
 
@@ -156,41 +218,32 @@ def run_cell(
             root = run_dir
             for _ in cell.run_id.split("/"):
                 root = root.parent
-            shared["search_dir"] = root / cell.search_id
+            if search_suffix:  # run_dir is <cell>/tune/<label>
+                root = root.parent.parent
+            shared["search_dir"] = root / (cell.search_id + search_suffix)
         if entry.kind == "search" and cell.transfers:
             if search_cfg is None:
                 raise ValueError(f"{cell.describe()}: a transferred search needs the search arch's config")
             shared["search_cfg"] = search_cfg
-        result = dict(experiment(cfg, cell.method, cell.cr, cell.seed, run_dir, **shared))
-    else:
-        results = []
-        for name in names:
-            path = run_dir / "candidates" / name / CANDIDATE_FILE
-            if path.exists():
-                r = _read_json(path)
-            else:
-                r = dict(experiment(cfg, name, cell.cr, cell.seed, path.parent))
-                _write_json(path, r)
-                log(f"  {cell.describe()} candidate {name}: val {_metrics_text(r.get('val', {}))}")
-            results.append(r)
-        best, metric, higher = choose_best(results, compare.select_metric)
-        selection = selection_record(names, results, best, metric, higher)
-        result = dict(results[best])
-        result["method"] = cell.method
-        result["search_time_s"] = float(
-            sum(float(r.get("search_time_s", 0.0)) + float(r.get("retrain_time_s", 0.0)) for r in results)
-        )
-    uniform = result.get("uniform_params")
-    if uniform is None and num_embeddings is not None:
-        uniform = sum(num_embeddings.values()) * K
-    return {
-        "cell": cell.to_json(),
-        "result": result,
-        "selection": selection,
-        "uniform_params": uniform,
-        "wall_s": time.perf_counter() - t0,
-        "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-    }
+        return dict(experiment(cfg, cell.method, cell.cr, cell.seed, run_dir, **shared)), None
+    results = []
+    for name in names:
+        path = run_dir / "candidates" / name / CANDIDATE_FILE
+        if path.exists():
+            r = _read_json(path)
+        else:
+            r = dict(experiment(cfg, name, cell.cr, cell.seed, path.parent))
+            _write_json(path, r)
+            log(f"  {cell.describe()} candidate {name}: val {_metrics_text(r.get('val', {}))}")
+        results.append(r)
+    best, metric, higher = choose_best(results, compare.select_metric)
+    selection = selection_record(names, results, best, metric, higher)
+    result = dict(results[best])
+    result["method"] = cell.method
+    result["search_time_s"] = float(
+        sum(float(r.get("search_time_s", 0.0)) + float(r.get("retrain_time_s", 0.0)) for r in results)
+    )
+    return result, selection
 
 
 def run_compare(
@@ -223,6 +276,9 @@ def run_compare(
     out = Path(out_dir) if out_dir is not None else Path(compare.output)
     cells = expand_grid(compare, cfg.model.arch)
     configs = {cell: cell_config(cfg, compare, cell) for cell in cells}  # every cell validated up front
+    for setting in tune_grid(compare.tune):  # and every tuning setting of each
+        for c in configs.values():
+            override_config(c, setting.overrides)
     search_configs = {c: cell_config(cfg, compare, c.search_cell()) for c in cells if c.transfers}
     if prepare:
         from recdim.pipeline import ensure_prepared

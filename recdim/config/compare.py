@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
-from typing import Dict, Tuple
+from typing import Any, Dict, Mapping, Sequence, Tuple
 
 from recdim.config.arches import check_arches
 from recdim.config.methods import names, parse
@@ -13,6 +14,32 @@ BASELINE_METHODS = names("baseline")
 METHODS = names()
 HIGHER_IS_BETTER = ("auc", "accuracy")
 LOWER_IS_BETTER = ("logloss", "mse", "rmse", "mae", "loss")
+# Keys that name a cell (its arch, its seed), its data, or what a budget means: never tuned.
+FIXED_KEYS: Tuple[str, ...] = ("model.arch", "model.embedding_dim", "train.seed", "prepare", "data")
+
+
+def check_tune(tune: Mapping[str, Sequence[Any]], where: str = "compare.tune") -> None:
+    """Raises ``ValueError`` naming ``where`` and the key for a grid that cannot be run.
+
+    Each key must be a dotted config key (``train.embedding_lr``) that does not fix the cell
+    (:data:`FIXED_KEYS`), with a non-empty list of distinct scalar values.
+
+    Example::
+
+        check_tune({"train.embedding_lr": [0.03, 0.1]})   # fine
+        check_tune({"train.seed": [0, 1]})                 # ValueError: compare.tune: train.seed ...
+    """
+    for key, values in tune.items():
+        if "." not in key:
+            raise ValueError(f"{where}: {key!r} is not a dotted config key such as 'train.embedding_lr'")
+        if any(key == f or key.startswith(f + ".") for f in FIXED_KEYS):
+            raise ValueError(f"{where}: {key} names the cell or changes the budget's meaning; it cannot be tuned")
+        if isinstance(values, (str, bytes)) or not isinstance(values, Sequence) or not values:
+            raise ValueError(f"{where}.{key}: expected a non-empty list of values, got {values!r}")
+        if any(isinstance(v, (list, dict, tuple)) for v in values):
+            raise ValueError(f"{where}.{key}: values must be scalars, got {list(values)}")
+        if len({json.dumps(v) for v in values}) != len(values):
+            raise ValueError(f"{where}.{key} has duplicates: {list(values)}")
 
 
 @dataclass(frozen=True)
@@ -37,6 +64,10 @@ class CompareConfig:
         select_metric: validation metric that picks grid / random candidates; empty means ``auc`` for
             binary labels and ``mse`` for ratings. ``auc`` / ``accuracy`` are maximised, losses minimised.
         stop_on_error: raise at the first failing cell instead of recording it and going on.
+        tune: fair tuning (:mod:`recdim.compare.tune`): ``{config key: values}``, e.g.
+            ``{"train.embedding_lr" = [0.03, 0.1], "train.embedding_l2" = [0.0, 1e-6]}``. Every cell of
+            every method runs each combination (search, pruning and retraining alike) and reports the one
+            best on validation, recording the chosen values; empty: no tuning.
         search_arch: transferability: the arch every search method searches with (with that arch's
             ``arch_overrides``); each cell then retrains the dimensions found on its own arch, from a fresh
             initialisation of that arch (the searched arch's weights do not fit it). Empty: each cell
@@ -66,6 +97,7 @@ class CompareConfig:
     select_metric: str = ""
     stop_on_error: bool = False
     search_arch: str = ""
+    tune: Dict[str, Tuple[Any, ...]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if not self.methods or not self.budgets or not self.seeds:
@@ -76,6 +108,7 @@ class CompareConfig:
         check_arches(self.arch_overrides, "compare.arch_overrides")
         if self.search_arch:
             check_arches((self.search_arch,), "compare.search_arch")
+        check_tune(self.tune)
         for name, values in (
             ("methods", self.methods),
             ("arches", self.arches),
