@@ -378,6 +378,10 @@ class PruneConfig:
             their starting values, only the arch trains); ``frozen_interaction`` (+IF: the arch keeps its
             starting parameters, only the tables train); or ``none`` (AutoSrh's \\R: no training, the pruned
             model is scored as it starts, which must be the searched values). See :mod:`recdim.retrain.freeze`.
+        score: what DNIS / AutoSrh and magnitude pruning rank: ``magnitude`` (``|v|`` of the effective
+            weights, the papers' rule) or ``fisher`` (the held-out loss increase of zeroing each value,
+            ½ v² Σ_s (∂ℓ_s/∂v)² over the search split, :mod:`recdim.search.importance`). PEP and AutoDim
+            derive their masks from their own thresholds / weights and refuse ``fisher``.
     """
 
     crs: Tuple[float, ...] = (2.0, 4.0, 8.0)
@@ -385,8 +389,11 @@ class PruneConfig:
     max_tiers: int = 4
     init: Literal["method", "inherit", "fresh"] = "method"
     retrain: Literal["all", "frozen_embeddings", "frozen_interaction", "none"] = "all"
+    score: Literal["magnitude", "fisher"] = "magnitude"
 
     def __post_init__(self) -> None:
+        if self.score not in ("magnitude", "fisher"):
+            raise ValueError(f"prune.score must be 'magnitude' or 'fisher', got {self.score!r}")
         if any(c < 1 for c in self.crs):
             raise ValueError(f"compression rates must be >= 1, got {self.crs}")
 

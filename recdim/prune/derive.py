@@ -41,7 +41,14 @@ def load_searched(search_dir: Path) -> "tuple[SearchMethod, SearchedModel]":
     load_model(session.dmp, search_dir)
     arch_state = {k: v.detach().clone() for k, v in session.model.arch.state_dict().items()}
     searched = SearchedModel(
-        Path(search_dir), scfg, dataset, list(features), session.model.provider, full_tables(session.dmp), arch_state
+        Path(search_dir),
+        scfg,
+        dataset,
+        list(features),
+        session.model.provider,
+        full_tables(session.dmp),
+        arch_state,
+        session.model.arch,
     )
     return method, searched
 

@@ -442,6 +442,11 @@ class AutoDimMethod(SearchMethod):
         Raises:
             ValueError: for a CR beyond what the smallest candidates allow.
         """
+        if prune.score != "magnitude":
+            raise ValueError(
+                f"{self.name} derives its masks from its architecture weights; prune.score = {prune.score!r} "
+                "applies to DNIS / AutoSrh and magnitude pruning only"
+            )
         arch = json.loads((searched.search_dir / "autodim_dims.json").read_text())
         K = searched.cfg.model.embedding_dim
         features = searched.features

@@ -68,6 +68,7 @@ from recdim.search.bilevel import (
     requires_grad_scope,
     search_rows,
 )
+from recdim.search.importance import search_split_scores
 from recdim.search.method import SearchedModel, SearchMethod
 from recdim.train.build import ProviderFactory
 
@@ -459,11 +460,13 @@ class DNISMethod(SearchMethod):
         return summary
 
     def derive(self, searched: SearchedModel, prune: PruneConfig) -> List[PrunedModel]:
-        """Magnitude masks of the effective weights ``e ⊙ alpha``, one per ``prune.crs`` (or one at
-        ``prune.eps``); retraining starts from the searched values with alpha folded in and the searched arch
-        unless ``prune.init == "fresh"``."""
+        """Masks of the effective weights ``e ⊙ alpha`` ranked by magnitude (or, with ``prune.score =
+        "fisher"``, by their held-out importance), one per ``prune.crs`` (or one at ``prune.eps``);
+        retraining starts from the searched values with alpha folded in and the searched arch unless
+        ``prune.init == "fresh"``."""
         eff = searched.provider.effective_weights(searched.tables)
-        return magnitude_pruned(self.name, eff, prune, eff, searched.arch_state, "searched values, alpha folded in")
+        scores = search_split_scores(searched, eff) if prune.score == "fisher" else eff
+        return magnitude_pruned(self.name, scores, prune, eff, searched.arch_state, "searched values, alpha folded in")
 
 
 class AutoSrhMethod(DNISMethod):

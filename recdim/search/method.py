@@ -57,6 +57,7 @@ class SearchedModel:
         provider: the searching provider, holding the trained search state.
         tables: ``{table name: [N, width]}`` full trained tables.
         arch_state: the trained arch's state dict (detached copies).
+        arch: the trained arch module itself (what a held-out importance score runs; None when not rebuilt).
     """
 
     search_dir: Path
@@ -66,6 +67,7 @@ class SearchedModel:
     provider: Any
     tables: Dict[str, torch.Tensor]
     arch_state: Dict[str, torch.Tensor]
+    arch: Optional[Any] = None
 
 
 class SearchMethod(Method):

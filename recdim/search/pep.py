@@ -536,6 +536,11 @@ class PEPMethod(SearchMethod):
         Raises:
             ValueError: naming a CR whose budget the search did not have, or whose snapshot misses it.
         """
+        if prune.score != "magnitude":
+            raise ValueError(
+                f"{self.name} derives its masks from its thresholds; prune.score = {prune.score!r} applies to "
+                "DNIS / AutoSrh and magnitude pruning only"
+            )
         path = searched.search_dir / "snapshots.json"
         snaps = json.loads(path.read_text()).get("snapshots", [])
         by_budget = {round(float(s["budget"]), 9): s for s in snaps}
