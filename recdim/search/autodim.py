@@ -27,12 +27,10 @@ import contextlib
 import json
 import time
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Sequence, Type
+from typing import Any, Callable, ContextManager, Dict, Iterator, List, Mapping, Optional, Sequence, Type
 
 import torch
 from safetensors.torch import save_file
-from torchrec.datasets.utils import Batch
-from torchrec.optim.optimizers import in_backward_optimizer_filter
 
 from recdim.config import Config, ModelConfig, PruneConfig
 from recdim.config.autodim import AutoDimConfig
@@ -53,10 +51,10 @@ from recdim.modules.candidate_dims import (
     ZeroPad,
     gumbel_noise,
 )
-from recdim.modules.table_init import TABLE_PARAM
 from recdim.modules.uniform import table_name
-from recdim.search.bilevel import BilevelConfig, BilevelHook, arch_batch_size, requires_grad_scope, search_rows
+from recdim.search.bilevel import BilevelConfig, BilevelHook, arch_batch_size, search_rows
 from recdim.search.dims_at_budget import dims_at_budget
+from recdim.search.dnis import UnrolledArchGradient
 from recdim.search.method import SearchedModel, SearchMethod
 from recdim.train.build import ProviderFactory
 from recdim.train.hooks import StepHook
@@ -254,7 +252,7 @@ def fixed_gumbel_noise(provider: CandidateDimsProvider) -> Iterator[None]:
         mixing.noise = draw
 
 
-class UnrolledBilevelHook(BilevelHook):
+class UnrolledBilevelHook(UnrolledArchGradient, BilevelHook):
     """Architecture steps with the second-order (unrolled, DARTS) gradient of AutoDim's eq. 9::
 
         ∇_α L_val(W', α) − ∇²_{α,W} L_train(W, α) · Ξ ∇_{W'} L_val(W', α),     W' = W − Ξ ∇_W L_train(W, α)
@@ -291,36 +289,10 @@ class UnrolledBilevelHook(BilevelHook):
     ) -> None:
         super().__init__(provider, val_batches, cfg)
         self.lr, self.embedding_lr, self.fd_epsilon = float(lr), float(embedding_lr), float(fd_epsilon)
-        self._train_batch: Optional[Batch] = None
+        self._train_batch = None
 
-    def after_step(self, trainer: Any, step: int, batch: Batch) -> None:
-        self._train_batch = batch
-        super().after_step(trainer, step, batch)
-
-    def arch_gradient(self, trainer: Any, batch: Batch) -> None:
-        from recdim.search.dnis import unrolled_arch_grad
-
-        arch_ids = {id(p) for p in self.params}
-        named = in_backward_optimizer_filter(trainer.model.named_parameters(), include=False)
-        named = [(k, p) for k, p in named if p.requires_grad and id(p) not in arch_ids]
-        fused = any(True for _ in in_backward_optimizer_filter(self.provider.named_parameters(), include=True))
-        freeze = self.provider.frozen_tables if fused else contextlib.nullcontext
-        train_batch = self._train_batch if self._train_batch is not None else batch
-
-        def loss_on(b: Batch) -> Callable[[], torch.Tensor]:
-            def closure() -> torch.Tensor:
-                with freeze():
-                    return trainer.loss(b)
-
-            return closure
-
-        xi = [self.embedding_lr if TABLE_PARAM.search(k) else self.lr for k, _ in named]
-        with requires_grad_scope(self.params), fixed_gumbel_noise(self.provider):
-            grads = unrolled_arch_grad(
-                self.params, [p for _, p in named], loss_on(train_batch), loss_on(batch), xi, self.fd_epsilon
-            )
-        for p, g in zip(self.params, grads):
-            p.grad = g
+    def noise_scope(self) -> ContextManager[Any]:
+        return fixed_gumbel_noise(self.provider)
 
 
 def build_candidate_provider(

@@ -41,7 +41,7 @@ import json
 import math
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Union
+from typing import Any, Callable, ContextManager, Dict, List, Mapping, Optional, Sequence, Union
 
 import numpy as np
 import torch
@@ -265,37 +265,41 @@ class SingleLevelDNISHook(DNISHook):
         self.optimizer.zero_grad()  # the next training backward writes a fresh gradient
 
 
-class UnrolledDNISHook(DNISHook):
-    """DNIS with the second-order alpha gradient (:func:`unrolled_arch_grad`) on the batch just trained on.
+class UnrolledArchGradient:
+    """The second-order (unrolled DARTS) architecture gradient of a :class:`BilevelHook`: :func:`unrolled_arch_grad`
+    on the training batch just trained on and one search-split batch.
 
-    Θ: the trainable parameters outside the fused optimizer and outside alpha (see the module notes);
-    Ξ: ``train.embedding_lr`` for materialised tables, ``train.lr`` for the rest.
+    Θ: the trainable parameters outside the fused optimizer and outside the architecture parameters;
+    Ξ: ``embedding_lr`` for materialised tables, ``lr`` for the rest. Tables under the fused optimizer are
+    frozen in every pass, so for them the gradient is first order. Mixed in before the hook class; the hook
+    sets ``lr``, ``embedding_lr`` and ``fd_epsilon``, and may override :meth:`noise_scope`.
 
-    Args:
-        provider: the soft-selection provider.
-        val_batches: loader over the search split (cycled).
-        cfg: DNIS settings.
-        lr: the dense learning rate (``train.lr``).
-        embedding_lr: the table learning rate (``train.embedding_lr``).
+    Example::
+
+        class UnrolledDNISHook(UnrolledArchGradient, DNISHook): ...
     """
 
-    def __init__(
-        self, provider: SoftSelectionProvider, val_batches: TrainLoader, cfg: DNISConfig, lr: float, embedding_lr: float
-    ) -> None:
-        super().__init__(provider, val_batches, cfg)
-        self.lr, self.embedding_lr = lr, embedding_lr
-        self._train_batch: Optional[Batch] = None
+    lr: float
+    embedding_lr: float
+    fd_epsilon: float
+    _train_batch: Optional[Batch] = None
+
+    def noise_scope(self) -> ContextManager[Any]:
+        """Held over every pass of one gradient (e.g. one Gumbel draw); none by default."""
+        return contextlib.nullcontext()
 
     def after_step(self, trainer: Any, step: int, batch: Batch) -> None:
         self._train_batch = batch
-        super().after_step(trainer, step, batch)
+        super().after_step(trainer, step, batch)  # type: ignore[misc]
 
     def arch_gradient(self, trainer: Any, batch: Batch) -> None:
-        arch_ids = {id(p) for p in self.params}
-        named = [(k, p) for k, p in in_backward_optimizer_filter(trainer.model.named_parameters(), include=False)]
+        params: List[nn.Parameter] = self.params  # type: ignore[attr-defined]
+        provider = self.provider  # type: ignore[attr-defined]
+        arch_ids = {id(p) for p in params}
+        named = in_backward_optimizer_filter(trainer.model.named_parameters(), include=False)
         named = [(k, p) for k, p in named if p.requires_grad and id(p) not in arch_ids]
-        fused = any(True for _ in in_backward_optimizer_filter(self.provider.named_parameters(), include=True))
-        freeze = self.provider.frozen_tables if fused else contextlib.nullcontext
+        fused = any(True for _ in in_backward_optimizer_filter(provider.named_parameters(), include=True))
+        freeze = provider.frozen_tables if fused else contextlib.nullcontext
         train_batch = self._train_batch if self._train_batch is not None else batch
 
         def loss_on(b: Batch) -> Callable[[], torch.Tensor]:
@@ -306,12 +310,31 @@ class UnrolledDNISHook(DNISHook):
             return closure
 
         xi = [self.embedding_lr if TABLE_PARAM.search(k) else self.lr for k, _ in named]
-        with requires_grad_scope(self.params):
+        with requires_grad_scope(params), self.noise_scope():
             grads = unrolled_arch_grad(
-                self.params, [p for _, p in named], loss_on(train_batch), loss_on(batch), xi, self.dnis.fd_epsilon
+                params, [p for _, p in named], loss_on(train_batch), loss_on(batch), xi, self.fd_epsilon
             )
-        for p, g in zip(self.params, grads):
+        for p, g in zip(params, grads):
             p.grad = g
+
+
+class UnrolledDNISHook(UnrolledArchGradient, DNISHook):
+    """DNIS with the second-order alpha gradient (:class:`UnrolledArchGradient`) on the batch just trained on.
+
+    Args:
+        provider: the soft-selection provider.
+        val_batches: loader over the search split (cycled).
+        cfg: DNIS settings (``fd_epsilon``).
+        lr: the dense learning rate (``train.lr``).
+        embedding_lr: the table learning rate (``train.embedding_lr``).
+    """
+
+    def __init__(
+        self, provider: SoftSelectionProvider, val_batches: TrainLoader, cfg: DNISConfig, lr: float, embedding_lr: float
+    ) -> None:
+        super().__init__(provider, val_batches, cfg)
+        self.lr, self.embedding_lr, self.fd_epsilon = lr, embedding_lr, cfg.fd_epsilon
+        self._train_batch = None
 
 
 def block_occurrences(plan: BlockPlan, counts: Mapping[str, np.ndarray]) -> Dict[str, List[int]]:
