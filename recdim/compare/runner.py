@@ -153,9 +153,14 @@ def run_cell(
     if cell.method == "grid" and num_embeddings is None:
         raise FileNotFoundError(f"{cfg.data_path}: grid search needs the prepared dataset's row counts")
     settings = tune_grid(compare.tune)
+    runs_root = run_dir  # <out>/runs: where shared searches live
+    for _ in cell.run_id.split("/"):
+        runs_root = runs_root.parent
     tuning = None
     if not settings:
-        result, selection = _run_setting(cell, cfg, compare, experiment, run_dir, num_embeddings, log, search_cfg)
+        result, selection = _run_setting(
+            cell, cfg, compare, experiment, run_dir, num_embeddings, log, search_cfg, runs_root / cell.search_id
+        )
     else:
         outs = []
         for s in settings:
@@ -165,8 +170,9 @@ def run_cell(
             else:
                 tcfg = override_config(cfg, s.overrides)
                 tscfg = override_config(search_cfg, s.overrides) if search_cfg is not None else None
+                shared_search = runs_root / f"{cell.search_id}-{s.label}"
                 r, sel = _run_setting(
-                    cell, tcfg, compare, experiment, path.parent, num_embeddings, log, tscfg, f"-{s.label}"
+                    cell, tcfg, compare, experiment, path.parent, num_embeddings, log, tscfg, shared_search
                 )
                 out = {"setting": s.to_json(), "result": r, "selection": sel}
                 _write_json(path, out)
@@ -203,10 +209,10 @@ def _run_setting(
     num_embeddings: Optional[Mapping[str, int]],
     log: Callable[[str], None],
     search_cfg: Any,
-    search_suffix: str = "",
+    search_dir: Path,
 ) -> Tuple[Dict[str, Any], Optional[Dict[str, Any]]]:
-    """One cell at one training setting: ``(result, selection)``; a shared search lives in
-    ``<out>/runs/<search id><search_suffix>`` (one per tuning setting)."""
+    """One cell at one training setting: ``(result, selection)``; a budget-free search is shared in
+    ``search_dir`` (``<out>/runs/<search id>``, suffixed by the tuning setting's label)."""
     K = cfg.model.embedding_dim
     names = candidate_methods(cell.method, _baseline_config(cfg), num_embeddings or {}, K, cell.cr)
     if names == [cell.method]:
@@ -215,12 +221,7 @@ def _run_setting(
         shared: Dict[str, Any] = {}
         entry, _ = parse(cell.method)
         if entry.kind == "search" and entry.load().budget_free:  # one search serves every budget
-            root = run_dir
-            for _ in cell.run_id.split("/"):
-                root = root.parent
-            if search_suffix:  # run_dir is <cell>/tune/<label>
-                root = root.parent.parent
-            shared["search_dir"] = root / (cell.search_id + search_suffix)
+            shared["search_dir"] = search_dir
         if entry.kind == "search" and cell.transfers:
             if search_cfg is None:
                 raise ValueError(f"{cell.describe()}: a transferred search needs the search arch's config")
