@@ -382,6 +382,13 @@ class PruneConfig:
             weights, the papers' rule) or ``fisher`` (the held-out loss increase of zeroing each value,
             ½ v² Σ_s (∂ℓ_s/∂v)² over the search split, :mod:`recdim.search.importance`). PEP and AutoDim
             derive their masks from their own thresholds / weights and refuse ``fisher``.
+        allocation: how DNIS / AutoSrh, magnitude pruning and PEP split a budget over fields: ``global`` (one
+            ranking of the score over all tables, the papers' rule), ``field`` (each field keeps
+            ``N_f · d_f`` values, d_f proportional to its held-out importance, the loss increase on the
+            search split when its embedding is replaced by its mean, :mod:`recdim.search.field_importance`;
+            the score ranks within the field; PEP ranks by survival keys of its final state) or ``method``
+            (each method's default: ``field`` for DNIS / AutoSrh; ``global`` for magnitude pruning; PEP's
+            snapshots). AutoDim refuses ``field``.
     """
 
     crs: Tuple[float, ...] = (2.0, 4.0, 8.0)
@@ -390,8 +397,11 @@ class PruneConfig:
     init: Literal["method", "inherit", "fresh"] = "method"
     retrain: Literal["all", "frozen_embeddings", "frozen_interaction", "none"] = "all"
     score: Literal["magnitude", "fisher"] = "magnitude"
+    allocation: Literal["method", "global", "field"] = "method"
 
     def __post_init__(self) -> None:
+        if self.allocation not in ("method", "global", "field"):
+            raise ValueError(f"prune.allocation must be 'method', 'global' or 'field', got {self.allocation!r}")
         if self.score not in ("magnitude", "fisher"):
             raise ValueError(f"prune.score must be 'magnitude' or 'fisher', got {self.score!r}")
         if any(c < 1 for c in self.crs):

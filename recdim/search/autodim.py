@@ -419,6 +419,11 @@ class AutoDimMethod(SearchMethod):
                 f"{self.name} derives its masks from its architecture weights; prune.score = {prune.score!r} "
                 "applies to DNIS / AutoSrh and magnitude pruning only"
             )
+        if prune.allocation == "field":
+            raise ValueError(
+                f"{self.name} derives its masks from its architecture weights; prune.allocation = 'field' applies to "
+                "DNIS / AutoSrh, magnitude pruning and PEP only"
+            )
         arch = json.loads((searched.search_dir / "autodim_dims.json").read_text())
         K = searched.cfg.model.embedding_dim
         features = searched.features

@@ -68,6 +68,7 @@ from recdim.search.bilevel import (
     requires_grad_scope,
     search_rows,
 )
+from recdim.search.field_importance import field_allocation, search_split_field_importance
 from recdim.search.importance import search_split_scores
 from recdim.search.method import SearchedModel, SearchMethod
 from recdim.train.build import ProviderFactory
@@ -484,12 +485,16 @@ class DNISMethod(SearchMethod):
 
     def derive(self, searched: SearchedModel, prune: PruneConfig) -> List[PrunedModel]:
         """Masks of the effective weights ``e ⊙ alpha`` ranked by magnitude (or, with ``prune.score =
-        "fisher"``, by their held-out importance), one per ``prune.crs`` (or one at ``prune.eps``);
+        "fisher"``, by their held-out importance), one per ``prune.crs`` (or one at ``prune.eps``), each
+        field holding the share of the budget its held-out importance earns (``prune.allocation``, by
+        default ``field``: :mod:`recdim.layout.field_budget`);
         retraining starts from the searched values with alpha folded in and the searched arch unless
         ``prune.init == "fresh"``."""
         eff = searched.provider.effective_weights(searched.tables)
         scores = search_split_scores(searched, eff) if prune.score == "fisher" else eff
-        return magnitude_pruned(self.name, scores, prune, eff, searched.arch_state, "searched values, alpha folded in")
+        importance = search_split_field_importance(searched, eff) if field_allocation(prune, "field") else None
+        rule = "searched values, alpha folded in"
+        return magnitude_pruned(self.name, scores, prune, eff, searched.arch_state, rule, importance)
 
 
 class AutoSrhMethod(DNISMethod):

@@ -137,14 +137,13 @@ def fisher_scores(
     return {f: 0.5 * values[f].detach().float() ** 2 * fisher[f] for f in features}
 
 
-def search_split_scores(searched: "SearchedModel", values: Mapping[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
-    """:func:`fisher_scores` of a rebuilt search run over its search split (``search.split`` of its config:
-    the rows DNIS / AutoSrh's alpha learned on; for a method that carves none, such as magnitude pruning,
-    the same rows, which it trained on).
+def search_split_batches(searched: "SearchedModel") -> Tuple[Iterable[Tuple[object, int]], bool, bool]:
+    """The held-out rows a score of ``searched`` runs over: ``(batches, binary, reads_ids)``.
 
-    Args:
-        searched: the search run (:func:`recdim.prune.derive.load_searched`), with its arch.
-        values: ``{feature: [N, K]}`` its effective weights.
+    The batches are the search split (``search.split`` of its config: the rows DNIS / AutoSrh's alpha learned
+    on; for a method that carves none, such as magnitude pruning, the same rows, which it trained on) as
+    :class:`~recdim.data.loader.EvalLoader` ``(batch, n_valid)`` pairs; ``binary`` says the label is a click
+    (logistic loss), ``reads_ids`` that the arch also takes the batch's ids.
 
     Raises:
         ValueError: when ``searched`` carries no arch module.
@@ -154,11 +153,25 @@ def search_split_scores(searched: "SearchedModel", values: Mapping[str, torch.Te
     from recdim.data.search_split import carve_search_split
 
     if searched.arch is None:
-        raise ValueError(f"{searched.search_dir}: the fisher score needs the trained arch (load_searched rebuilds it)")
+        raise ValueError(f"{searched.search_dir}: a held-out score needs the trained arch (load_searched rebuilds it)")
     cfg, ds = searched.cfg, searched.dataset
     split = cfg.search.split
     _, rows = carve_search_split(ds.load_split("train", searched.features), split.fraction, split.seed)
     loader = EvalLoader(rows, searched.features, cfg.train.eval_batch_size, weighted=ds.schema.is_weighted)
     binary = ds.schema.label == LabelKind.BINARY
-    reads_ids = bool(getattr(searched.arch, "reads_ids", False))
+    return loader, binary, bool(getattr(searched.arch, "reads_ids", False))
+
+
+def search_split_scores(searched: "SearchedModel", values: Mapping[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
+    """:func:`fisher_scores` of a rebuilt search run over its search split (:func:`search_split_batches`).
+
+    Args:
+        searched: the search run (:func:`recdim.prune.derive.load_searched`), with its arch.
+        values: ``{feature: [N, K]}`` its effective weights.
+
+    Raises:
+        ValueError: when ``searched`` carries no arch module.
+    """
+    loader, binary, reads_ids = search_split_batches(searched)
+    cfg = searched.cfg
     return fisher_scores(searched.arch, values, loader, searched.features, cfg.model.pooling, binary, reads_ids)

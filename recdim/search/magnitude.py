@@ -14,6 +14,7 @@ from recdim.config import PruneConfig
 from recdim.data.prepared import PreparedDataset
 from recdim.layout.pruned import PrunedModel, magnitude_pruned
 from recdim.modules.uniform import table_name
+from recdim.search.field_importance import field_allocation, search_split_field_importance
 from recdim.search.importance import search_split_scores
 from recdim.search.method import SearchedModel, SearchMethod
 from recdim.train.build import ProviderFactory, uniform_provider
@@ -40,4 +41,6 @@ class MagnitudeMethod(SearchMethod):
     def derive(self, searched: SearchedModel, prune: PruneConfig) -> List[PrunedModel]:
         tables = {f: searched.tables[table_name(f)] for f in searched.features}
         scores = search_split_scores(searched, tables) if prune.score == "fisher" else tables
-        return magnitude_pruned(self.name, scores, prune, tables, searched.arch_state, "trained uniform values")
+        importance = search_split_field_importance(searched, tables) if field_allocation(prune, "global") else None
+        rule = "trained uniform values"
+        return magnitude_pruned(self.name, scores, prune, tables, searched.arch_state, rule, importance)

@@ -44,11 +44,13 @@ from recdim.config import Config, ModelConfig, PruneConfig
 from recdim.config.pep import PEPConfig
 from recdim.data.prepared import PreparedDataset
 from recdim.data.schema import FieldKind
-from recdim.layout.masks import check_met_cr, mask_stats
+from recdim.layout.field_budget import field_kept_counts, field_top_masks
+from recdim.layout.masks import check_met_cr, kept_for_cr, mask_stats
 from recdim.layout.pruned import PrunedModel
 from recdim.modules.table_init import table_rows
-from recdim.modules.threshold import GATES, ThresholdEmbeddingProvider, make_thresholds
+from recdim.modules.threshold import GATES, ThresholdEmbeddingProvider, make_thresholds, survival_keys
 from recdim.modules.uniform import table_name
+from recdim.search.field_importance import field_allocation, search_split_field_importance
 from recdim.search.kept_counter import KeptCounter, fused_sparse_tables
 from recdim.search.method import SearchedModel, SearchMethod, with_search
 from recdim.search.pep_tables import (
@@ -541,6 +543,8 @@ class PEPMethod(SearchMethod):
                 f"{self.name} derives its masks from its thresholds; prune.score = {prune.score!r} applies to "
                 "DNIS / AutoSrh and magnitude pruning only"
             )
+        if field_allocation(prune, "global"):
+            return self._field_allocated(searched, prune)
         path = searched.search_dir / "snapshots.json"
         snaps = json.loads(path.read_text()).get("snapshots", [])
         by_budget = {round(float(s["budget"]), 9): s for s in snaps}
@@ -557,16 +561,51 @@ class PEPMethod(SearchMethod):
             masks = {f: saved[table_name(f)] for f in searched.features}
             met = mask_stats(masks)["cr"]
             check_met_cr(cr, met, f"{self.name} ({path})")
-            if prune.init == "inherit":
-                values, arch = searched.provider.effective_weights(searched.tables), searched.arch_state
-                rule = "searched values S(V, s)"
-            elif prune.init == "fresh":
-                values, arch, rule = None, None, "fresh"
-            else:
-                values, arch = initial_values(searched.cfg, searched.provider, searched.features), None
-                rule = "lottery ticket: initial values"
+            values, arch, rule = self._retrain_start(searched, prune)
             info = {"cr": cr, "budget": snap["budget"], "step": snap["step"], "forced": snap.get("forced", False)}
             out.append(PrunedModel(self.name, met, masks, values, arch, {**info, "init": rule}, target=cr))
+        return out
+
+    def _retrain_start(
+        self, searched: SearchedModel, prune: PruneConfig
+    ) -> Tuple[Optional[Dict[str, torch.Tensor]], Optional[Dict[str, torch.Tensor]], str]:
+        """``(values, arch state, rule)`` retraining starts from under ``prune.init``."""
+        if prune.init == "inherit":
+            return (
+                searched.provider.effective_weights(searched.tables),
+                searched.arch_state,
+                "searched values S(V, s)",
+            )
+        if prune.init == "fresh":
+            return None, None, "fresh"
+        values = initial_values(searched.cfg, searched.provider, searched.features)
+        return values, None, "lottery ticket: initial values"
+
+    def _field_allocated(self, searched: SearchedModel, prune: PruneConfig) -> List[PrunedModel]:
+        """``prune.allocation = "field"``: each field keeps the share of the budget its held-out importance
+        earns (:func:`~recdim.layout.field_budget.field_kept_counts`, importance of the searched ``S(V, s)``
+        over the search split), and within the field the values whose survival keys ``g^{-1}(|V|) - s`` are
+        largest (those a rising threshold would prune last), from the searched state at the end of the run."""
+        provider = searched.provider
+        eff = provider.effective_weights(searched.tables)
+        importance = search_split_field_importance(searched, eff)
+        keys = {}
+        for i, f in enumerate(searched.features):
+            full = searched.tables[table_name(f)]
+            v, s, _ = provider.thresholds.split_piece(i, full, (0, full.size(1)))
+            keys[f] = survival_keys(v, s.to(v.dtype), provider.gate)
+        rows = {f: k.size(0) for f, k in keys.items()}
+        total = sum(k.numel() for k in keys.values())
+        K = searched.cfg.model.embedding_dim
+        values, arch, rule = self._retrain_start(searched, prune)
+        out = []
+        for cr in prune.crs:
+            counts = field_kept_counts(importance, rows, K, kept_for_cr(total, cr))
+            masks = field_top_masks(keys, counts)
+            met = mask_stats(masks)["cr"]
+            check_met_cr(cr, met, self.name)
+            info = {"cr": cr, "allocation": "field", "field_importance": importance, "init": rule}
+            out.append(PrunedModel(self.name, met, masks, values, arch, info, target=cr))
         return out
 
 

@@ -164,7 +164,7 @@ def config(tmp_path):
         model=ModelConfig(arch="deepfm", embedding_dim=8, mlp=(8,)),
         train=TrainConfig(epochs=1, batch_size=256, device="cpu", progress=False, patience=0, seed=0, max_steps=8),
         search=SearchConfig(method="dnis"),
-        prune=PruneConfig(crs=(2.0, 4.0), score="fisher"),
+        prune=PruneConfig(crs=(2.0, 4.0), score="fisher", allocation="global"),
     )
 
 
