@@ -6,7 +6,8 @@ Reads every ``runs/**/cell.json`` under a comparison directory (whatever grid wr
 entries (the result's ``kept_cr``, or its ``cr`` when it also reports ``target_cr``) and the CR as stored
 (uniform parameters / stored params: tier padding and projections count), search and retrain time.
 The plot draws the test metric against bytes, one line per method and one panel per arch (as PEP's
-Figures 2-4).
+Figures 2-4). Every other method is set against the UE frontier at equal bytes and against magnitude
+pruning, paired per seed (:mod:`recdim.compare.frontier`).
 """
 
 from __future__ import annotations
@@ -16,6 +17,8 @@ import math
 import statistics
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
+
+from recdim.compare.frontier import frontier_rows, render_frontier_markdown
 
 PRIMARY = ("auc", "mse", "logloss", "rmse")
 METRIC_ORDER = ("auc", "logloss", "mse", "rmse")
@@ -143,10 +146,28 @@ def _fmt(stat: Optional[Mapping[str, Any]], kind: str) -> str:
     return text if s is None else f"{text} ± {s:.{digits}f}"
 
 
+def frontier_cells(records: Sequence[Mapping[str, Any]]) -> List[Dict[str, Any]]:
+    """The cells as :func:`recdim.compare.frontier.frontier_rows` reads them: arch, cr, method, seed, values."""
+    return [
+        {
+            "arch": r["cell"]["arch"],
+            "cr": float(r["cell"]["cr"]),
+            "method": r["cell"]["method"],
+            "seed": r["cell"]["seed"],
+            "values": cell_values(r),
+        }
+        for r in records
+    ]
+
+
 def render_markdown(
-    rows: Sequence[Mapping[str, Any]], failures: Sequence[Mapping[str, Any]] = (), plot_name: Optional[str] = None
+    rows: Sequence[Mapping[str, Any]],
+    failures: Sequence[Mapping[str, Any]] = (),
+    plot_name: Optional[str] = None,
+    frontier: str = "",
 ) -> str:
-    """The report as Markdown: one table per arch (rows: budget x method), failures listed at the end."""
+    """The report as Markdown: one table per arch (rows: budget x method), the frontier section
+    (:func:`recdim.compare.frontier.render_frontier_markdown`) when given, failures listed at the end."""
     lines = [
         "# recdim compare",
         "",
@@ -229,6 +250,8 @@ def render_markdown(
                 cells.append(_fmt(st.get(key), "corr"))
             lines.append("| " + " | ".join(cells) + " |")
         lines.append("")
+    if frontier:
+        lines += [frontier]
     if failures:
         lines += ["## Failed cells", ""]
         for f in failures:
@@ -308,15 +331,24 @@ def write_compare_report(
     if plot is not None:
         paths["plot"] = plot
     primary = {a: primary_metric([r for r in rows if r["arch"] == a]) for a in dict.fromkeys(r["arch"] for r in rows)}
+    cells = frontier_cells(records)
+    fronts: List[Dict[str, Any]] = []
+    sections = []
+    for metric in dict.fromkeys(m for m in primary.values() if m):
+        arches = {a for a, m in primary.items() if m == metric}
+        part = frontier_rows([c for c in cells if c["arch"] in arches], metric)
+        fronts += [{**r, "metric_name": metric} for r in part]
+        sections.append(render_frontier_markdown(part, metric))
     paths["json"] = write_json(
         out / "compare.json",
         {
             "rows": rows,
+            "frontier": fronts,
             "primary_metric": primary,
             "failures": [{"cell": f["cell"], "error": f["error"]} for f in failures],
         },
     )
     md = out / "compare.md"
-    md.write_text(render_markdown(rows, failures, plot.name if plot is not None else None))
+    md.write_text(render_markdown(rows, failures, plot.name if plot is not None else None, "\n".join(sections)))
     paths["markdown"] = md
     return paths
