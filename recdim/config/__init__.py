@@ -10,6 +10,7 @@ Example::
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Dict, Literal, Optional, Tuple
 
@@ -389,6 +390,8 @@ class PruneConfig:
             the score ranks within the field; PEP ranks by survival keys of its final state) or ``method``
             (each method's default: ``field`` for DNIS / AutoSrh; ``global`` for magnitude pruning; PEP's
             snapshots). AutoDim refuses ``field``.
+        field_confidence: under ``field`` allocation, the z of the lower confidence bound each field's
+            importance is read at (I_f − z · SE_f over the search split's samples; 0 reads the means).
     """
 
     crs: Tuple[float, ...] = (2.0, 4.0, 8.0)
@@ -398,10 +401,13 @@ class PruneConfig:
     retrain: Literal["all", "frozen_embeddings", "frozen_interaction", "none"] = "all"
     score: Literal["magnitude", "fisher"] = "magnitude"
     allocation: Literal["method", "global", "field"] = "method"
+    field_confidence: float = 2.0
 
     def __post_init__(self) -> None:
         if self.allocation not in ("method", "global", "field"):
             raise ValueError(f"prune.allocation must be 'method', 'global' or 'field', got {self.allocation!r}")
+        if not (self.field_confidence >= 0 and math.isfinite(self.field_confidence)):
+            raise ValueError(f"prune.field_confidence must be a finite number >= 0, got {self.field_confidence!r}")
         if self.score not in ("magnitude", "fisher"):
             raise ValueError(f"prune.score must be 'magnitude' or 'fisher', got {self.score!r}")
         if any(c < 1 for c in self.crs):

@@ -9,7 +9,9 @@ A pruned model keeps, per field, some dims per row. Two summaries per field:
 Against a synthetic dataset's planted ranks (:class:`~recdim.config.SyntheticConfig`: true rank ``r_f``,
 strength ``s_f``, 0 = noise), :func:`signal_summary` reports Spearman correlations of each summary with
 the true signal (rank times a nonzero strength; noise fields get 0) and with the cardinality, and whether every
-noise field is among the fields with the fewest kept dims.
+noise field is among the fields with the fewest kept dims. With n noise fields, a noise field is among the
+fewest when fewer than n fields keep strictly fewer dims than it: fields that keep the same dims tie (a noise
+field at 0 dims beside a weak field also at 0 counts, whatever the fields' order).
 """
 
 from __future__ import annotations
@@ -93,7 +95,8 @@ def signal_summary(
     out: Dict[str, Any] = {"fields": rows}
     for measure in ("row_mean", "freq_weighted"):
         kept = [dims[fields[i]][measure] for i in present]
-        fewest = {fields[present[j]] for j in np.argsort(kept, kind="stable")[: len(noise)]}
+        by_field = dict(zip((fields[i] for i in present), kept))
+        fewest = {f for f, k in by_field.items() if sum(other < k for other in kept) < len(noise)}
         out[measure] = {
             "spearman_signal": _spearman(kept, signal),
             "spearman_cardinality": _spearman(kept, card),

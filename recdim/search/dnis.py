@@ -492,7 +492,11 @@ class DNISMethod(SearchMethod):
         ``prune.init == "fresh"``."""
         eff = searched.provider.effective_weights(searched.tables)
         scores = search_split_scores(searched, eff) if prune.score == "fisher" else eff
-        importance = search_split_field_importance(searched, eff) if field_allocation(prune, "field") else None
+        importance = (
+            search_split_field_importance(searched, eff, prune.field_confidence)
+            if field_allocation(prune, "field")
+            else None
+        )
         rule = "searched values, alpha folded in"
         return magnitude_pruned(self.name, scores, prune, eff, searched.arch_state, rule, importance)
 

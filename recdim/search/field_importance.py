@@ -10,10 +10,17 @@ with the trained arch in eval mode. The measure needs no gradient and is free of
 vocabulary size and its optimiser's per-row steps: a noise field that the arch memorised on training rows
 helps no held-out row (I_f ≈ 0 or below), and a field of a million rare ids counts as much as its
 held-out samples say. :mod:`recdim.layout.field_budget` turns it into per-field budgets.
+
+The per-sample differences also give each I_f a standard error; allocation reads the lower confidence bound
+I_f − z · SE_f (``prune.field_confidence`` = z), so a field whose held-out evidence is within noise of zero
+(a noise field the arch slightly leans on by chance) keeps nothing rather than a share proportional to
+chance.
 """
 
 from __future__ import annotations
 
+import math
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Dict, Iterable, List, Mapping, Sequence, Tuple
 
 import torch
@@ -40,6 +47,25 @@ def _losses(logits: torch.Tensor, labels: torch.Tensor, binary: bool) -> torch.T
     return (logits - labels) ** 2
 
 
+@dataclass(frozen=True)
+class FieldAblation:
+    """Per-field held-out importance with its evidence.
+
+    Args:
+        mean: ``{feature: I_f}``, the mean per-sample loss rise.
+        stderr: ``{feature: SE_f}``, the standard error of that mean (sample std of the per-sample rises / √n).
+        n: held-out samples.
+    """
+
+    mean: Dict[str, float]
+    stderr: Dict[str, float]
+    n: int
+
+    def lower_bound(self, z: float) -> Dict[str, float]:
+        """``{feature: I_f − z · SE_f}`` (z = 0: the means)."""
+        return {f: m - z * self.stderr[f] for f, m in self.mean.items()}
+
+
 def field_ablation_importance(
     arch: nn.Module,
     values: Mapping[str, torch.Tensor],
@@ -49,7 +75,21 @@ def field_ablation_importance(
     binary: bool = True,
     reads_ids: bool = False,
 ) -> Dict[str, float]:
-    """``I_f`` for every feature over ``batches`` (two passes: the mean pooled rows, then the losses).
+    """``I_f`` for every feature over ``batches``: :func:`field_ablation_stats`'s means (same arguments)."""
+    return field_ablation_stats(arch, values, batches, features, pooling, binary, reads_ids).mean
+
+
+def field_ablation_stats(
+    arch: nn.Module,
+    values: Mapping[str, torch.Tensor],
+    batches: Iterable[Tuple[object, int]],
+    features: Sequence[str],
+    pooling: str = "sum",
+    binary: bool = True,
+    reads_ids: bool = False,
+) -> FieldAblation:
+    """``I_f`` and its standard error for every feature over ``batches`` (two passes: the mean pooled rows,
+    then the losses).
 
     Args:
         arch: the trained interaction arch (called as in :class:`~recdim.models.rec_model.RecModel`); run in
@@ -63,12 +103,13 @@ def field_ablation_importance(
         reads_ids: the arch also takes the batch's ids (:attr:`InteractionArch.reads_ids`).
 
     Returns:
-        ``{feature: I_f}`` in loss units (mean per held-out sample); may be negative.
+        :class:`FieldAblation`, in loss units (per held-out sample); ``I_f`` may be negative.
 
     Example::
 
-        imp = field_ablation_importance(model.arch, tables, EvalLoader(rows, names, 4096), names)
-        # {"user": 0.021, "noise": -0.0003, ...}
+        stats = field_ablation_stats(model.arch, tables, EvalLoader(rows, names, 4096), names)
+        stats.mean        # {"user": 0.021, "noise": -0.0003, ...}
+        stats.lower_bound(2.0)
     """
     widths = [values[f].size(1) for f in features]
     starts = [sum(widths[:j]) for j in range(len(features))]
@@ -85,35 +126,47 @@ def field_ablation_importance(
             if n == 0:
                 raise ValueError("field importance needs at least one held-out row")
             mean = (total / n).float()
-            sums = torch.zeros(len(features) + 1, dtype=torch.float64)
+            sums = torch.zeros(len(features), dtype=torch.float64)
+            squares = torch.zeros(len(features), dtype=torch.float64)
             for batch, n_valid in batches:
                 kjt = batch.sparse_features
                 pooled, _ = pooled_lookup(values, kjt, features, pooling)
                 pooled = pooled.float()
                 dense, labels = batch.dense_features.float(), batch.labels.float()[:n_valid]
 
-                def loss_sum(x: torch.Tensor) -> float:
+                def losses(x: torch.Tensor) -> torch.Tensor:
                     kt = KeyedTensor(keys=list(features), length_per_key=widths, values=x)
                     logits = arch(dense, kt, kjt) if reads_ids else arch(dense, kt)
-                    return float(_losses(logits[:n_valid], labels, binary).double().sum())
+                    return _losses(logits[:n_valid], labels, binary).double()
 
-                sums[0] += loss_sum(pooled)
+                base = losses(pooled)
                 for j in range(len(features)):
                     x = pooled.clone()
                     x[:, starts[j] : starts[j] + widths[j]] = mean[starts[j] : starts[j] + widths[j]]
-                    sums[j + 1] += loss_sum(x)
+                    rise = losses(x) - base
+                    sums[j] += rise.sum()
+                    squares[j] += (rise * rise).sum()
     finally:
         arch.train(was_training)
-    base = float(sums[0]) / n
-    return {f: float(sums[j + 1]) / n - base for j, f in enumerate(features)}
+    means = sums / n
+    var = (squares - n * means * means).clamp_min(0.0) / max(n - 1, 1)
+    return FieldAblation(
+        mean={f: float(means[j]) for j, f in enumerate(features)},
+        stderr={f: math.sqrt(float(var[j]) / n) for j, f in enumerate(features)},
+        n=n,
+    )
 
 
-def search_split_field_importance(searched: "SearchedModel", values: Mapping[str, torch.Tensor]) -> Dict[str, float]:
-    """:func:`field_ablation_importance` of a rebuilt search run over its search split.
+def search_split_field_importance(
+    searched: "SearchedModel", values: Mapping[str, torch.Tensor], confidence: float = 0.0
+) -> Dict[str, float]:
+    """The importance a field allocation reads: :func:`field_ablation_stats` of a rebuilt search run over its
+    search split, at its lower confidence bound ``I_f − confidence · SE_f``.
 
     Args:
         searched: the search run (:func:`recdim.prune.derive.load_searched`), with its arch.
         values: ``{feature: [N, K]}`` its effective weights.
+        confidence: z of the bound (``prune.field_confidence``; 0: the means).
 
     Raises:
         ValueError: when ``searched`` carries no arch module.
@@ -121,4 +174,5 @@ def search_split_field_importance(searched: "SearchedModel", values: Mapping[str
     loader, binary, reads_ids = search_split_batches(searched)
     feats: List[str] = list(searched.features)
     pooling = searched.cfg.model.pooling
-    return field_ablation_importance(searched.arch, values, loader, feats, pooling, binary, reads_ids)
+    stats = field_ablation_stats(searched.arch, values, loader, feats, pooling, binary, reads_ids)
+    return stats.lower_bound(confidence)

@@ -41,6 +41,10 @@ class MagnitudeMethod(SearchMethod):
     def derive(self, searched: SearchedModel, prune: PruneConfig) -> List[PrunedModel]:
         tables = {f: searched.tables[table_name(f)] for f in searched.features}
         scores = search_split_scores(searched, tables) if prune.score == "fisher" else tables
-        importance = search_split_field_importance(searched, tables) if field_allocation(prune, "global") else None
+        importance = (
+            search_split_field_importance(searched, tables, prune.field_confidence)
+            if field_allocation(prune, "global")
+            else None
+        )
         rule = "trained uniform values"
         return magnitude_pruned(self.name, scores, prune, tables, searched.arch_state, rule, importance)

@@ -588,7 +588,7 @@ class PEPMethod(SearchMethod):
         largest (those a rising threshold would prune last), from the searched state at the end of the run."""
         provider = searched.provider
         eff = provider.effective_weights(searched.tables)
-        importance = search_split_field_importance(searched, eff)
+        importance = search_split_field_importance(searched, eff, prune.field_confidence)
         keys = {}
         for i, f in enumerate(searched.features):
             full = searched.tables[table_name(f)]

@@ -29,6 +29,12 @@ def test_signal_summary_ranks_fields_and_finds_noise():
     dims["C4"] = {"row_mean": 9.0, "freq_weighted": 9.0}  # a noise field with the most dims
     s = signal_summary(dims, fields, ranks, strengths, cards)
     assert s["freq_weighted"]["noise_among_fewest"] == 1 and s["freq_weighted"]["spearman_signal"] < 0.5
+    # ties: a signal field (C3) and both noise fields keep 0 dims; both noise fields count, in any field order
+    dims.update({f: {"row_mean": 0.0, "freq_weighted": 0.0} for f in ("C3", "C4", "C5")})
+    tied = signal_summary(dims, fields, ranks, strengths, cards)
+    assert tied["freq_weighted"]["noise_among_fewest"] == 2
+    dims["C5"] = {"row_mean": 0.5, "freq_weighted": 0.5}  # now two fields keep strictly fewer than C5
+    assert signal_summary(dims, fields, ranks, strengths, cards)["freq_weighted"]["noise_among_fewest"] == 1
     text = render_signal_markdown(s, "dnis CR 4")
     assert "| C4 | noise | 0 | 5000 | 9.00 | 9.00 |" in text and "1 of 2 noise fields" in text
 

@@ -24,7 +24,11 @@ from recdim.data.preprocess import prepare
 from recdim.layout.field_budget import field_kept_counts
 from recdim.layout.masks import kept_for_cr
 from recdim.prune.derive import load_searched
-from recdim.search.field_importance import field_ablation_importance, search_split_field_importance
+from recdim.search.field_importance import (
+    field_ablation_importance,
+    field_ablation_stats,
+    search_split_field_importance,
+)
 from recdim.search.run import run_search
 from recdim.train.distributed import destroy
 
@@ -65,8 +69,9 @@ def make_batches(n=3):
     return out
 
 
-def reference(arch, values, batches, pooling):
-    """Per sample, bag by bag: the pooled rows, their mean over valid samples, and the loss increases."""
+def reference(arch, values, batches, pooling, rises=None):
+    """Per sample, bag by bag: the pooled rows, their mean over valid samples, and the loss increases
+    (each sample's into ``rises[f]`` when given)."""
     arch.eval()
     samples = []
     for batch, n_valid in batches:
@@ -90,11 +95,15 @@ def reference(arch, values, batches, pooling):
         return float(nn.functional.binary_cross_entropy_with_logits(arch(dense, kt), label))
 
     with torch.no_grad():
-        base = sum(loss(*s) for s in samples) / len(samples)
+        base_each = [loss(*s) for s in samples]
+        base = sum(base_each) / len(samples)
         out = {}
         for j, f in enumerate(ROWS):
             ablated = [(d, [means[j] if i == j else p[i] for i in range(len(ROWS))], y) for d, p, y in samples]
-            out[f] = sum(loss(*s) for s in ablated) / len(samples) - base
+            each = [loss(*s) for s in ablated]
+            out[f] = sum(each) / len(samples) - base
+            if rises is not None:
+                rises[f] = [a - b for a, b in zip(each, base_each)]
     return out
 
 
@@ -114,11 +123,28 @@ def test_field_importance_matches_a_per_sample_reference(pooling):
         assert got[f] == pytest.approx(want[f], rel=1e-5, abs=1e-7)
 
 
+def test_field_importance_standard_error_and_lower_bound():
+    torch.manual_seed(1)
+    arch = TinyArch()
+    values = {f: torch.randn(n, K) for f, n in ROWS.items()}
+    batches = make_batches()
+    stats = field_ablation_stats(arch, values, batches, list(ROWS))
+    rises = {}
+    reference(arch, values, batches, "sum", rises)
+    for f in ROWS:
+        r = torch.tensor(rises[f], dtype=torch.float64)
+        assert stats.n == r.numel()
+        assert stats.mean[f] == pytest.approx(float(r.mean()), rel=1e-5, abs=1e-7)
+        assert stats.stderr[f] == pytest.approx(float(r.std() / r.numel() ** 0.5), rel=1e-4, abs=1e-7)
+        assert stats.lower_bound(2.0)[f] == pytest.approx(stats.mean[f] - 2.0 * stats.stderr[f])
+    assert stats.lower_bound(0.0) == stats.mean
+
+
 def test_a_field_the_arch_ignores_has_zero_importance_however_large():
     torch.manual_seed(0)
     values = {"a": torch.randn(7, K), "b": torch.randn(5, K), "c": torch.randn(4, K) * 1000.0}
-    got = field_ablation_importance(TinyArch(ignore_c=True), values, make_batches(), list(ROWS))
-    assert got["c"] == 0.0 and got["a"] != 0.0
+    got = field_ablation_stats(TinyArch(ignore_c=True), values, make_batches(), list(ROWS))
+    assert got.mean["c"] == 0.0 and got.stderr["c"] == 0.0 and got.mean["a"] != 0.0
 
 
 @pytest.fixture
@@ -154,7 +180,7 @@ def test_field_allocation_gives_each_field_its_share(tmp_path, config, method, a
         m, searched = load_searched(tmp_path / "search")
         pruned = m.derive(searched, cfg.prune)
         values = searched.provider.effective_weights(searched.tables)
-        importance = search_split_field_importance(searched, values)
+        importance = search_split_field_importance(searched, values, cfg.prune.field_confidence)
     finally:
         if dist.is_initialized():
             destroy()
@@ -183,7 +209,8 @@ def test_pep_field_allocation_ranks_survival_keys_within_each_field(tmp_path, co
         run_search(cfg, tmp_path / "search")
         m, searched = load_searched(tmp_path / "search")
         pruned = m.derive(searched, cfg.prune)
-        importance = search_split_field_importance(searched, searched.provider.effective_weights(searched.tables))
+        eff = searched.provider.effective_weights(searched.tables)
+        importance = search_split_field_importance(searched, eff, cfg.prune.field_confidence)
     finally:
         if dist.is_initialized():
             destroy()
@@ -215,3 +242,5 @@ def test_defaults_and_refusals():
         AutoDimMethod(Config()).derive(None, PruneConfig(allocation="field"))
     with pytest.raises(ValueError, match="prune.allocation must be"):
         PruneConfig(allocation="rows")
+    with pytest.raises(ValueError, match="prune.field_confidence must be a finite number >= 0"):
+        PruneConfig(field_confidence=-1.0)
