@@ -54,7 +54,7 @@ def cell_values(record: Mapping[str, Any]) -> Dict[str, float]:
         for key, name in (("spearman_signal", "rank"), ("spearman_cardinality", "cardinality")):
             if isinstance(sig.get(key), (int, float)):
                 out[f"signal.{measure}.{name}"] = float(sig[key])
-        if sig.get("noise_fields"):
+        if sig.get("noise_fields") and sig.get("noise_among_fewest") is not None:
             out[f"signal.{measure}.noise_fewest"] = float(sig["noise_among_fewest"])
     kept = r.get("kept_cr", r.get("cr") if "target_cr" in r else None)
     if isinstance(kept, (int, float)):

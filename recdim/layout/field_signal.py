@@ -11,7 +11,8 @@ strength ``s_f``, 0 = noise), :func:`signal_summary` reports Spearman correlatio
 the true signal (rank times a nonzero strength; noise fields get 0) and with the cardinality, and whether every
 noise field is among the fields with the fewest kept dims. With n noise fields, a noise field is among the
 fewest when fewer than n fields keep strictly fewer dims than it: fields that keep the same dims tie (a noise
-field at 0 dims beside a weak field also at 0 counts, whatever the fields' order).
+field at 0 dims beside a weak field also at 0 counts, whatever the fields' order); when every field keeps the
+same dims (a uniform table) there is no count.
 """
 
 from __future__ import annotations
@@ -100,7 +101,8 @@ def signal_summary(
         out[measure] = {
             "spearman_signal": _spearman(kept, signal),
             "spearman_cardinality": _spearman(kept, card),
-            "noise_among_fewest": sum(f in fewest for f in noise),
+            # every field keeping the same dims ranks nothing (a uniform table): no count
+            "noise_among_fewest": sum(f in fewest for f in noise) if len(set(kept)) > 1 else None,
             "noise_fields": len(noise),
         }
     return out
@@ -149,7 +151,8 @@ def render_signal_markdown(summary: Mapping[str, Any], title: str) -> str:
 
         lines.append(
             f"- {measure}: Spearman with true signal {fmt(s['spearman_signal'])}, with cardinality "
-            f"{fmt(s['spearman_cardinality'])}; {s['noise_among_fewest']} of {s['noise_fields']} noise fields among "
+            f"{fmt(s['spearman_cardinality'])}; {s['noise_among_fewest'] if s['noise_among_fewest'] is not None else 'n/a'} "
+            f"of {s['noise_fields']} noise fields among "
             f"the {s['noise_fields']} fields with the fewest dims"
         )
     lines.append("")

@@ -35,6 +35,8 @@ def test_signal_summary_ranks_fields_and_finds_noise():
     assert tied["freq_weighted"]["noise_among_fewest"] == 2
     dims["C5"] = {"row_mean": 0.5, "freq_weighted": 0.5}  # now two fields keep strictly fewer than C5
     assert signal_summary(dims, fields, ranks, strengths, cards)["freq_weighted"]["noise_among_fewest"] == 1
+    same = {f: {"row_mean": 4.0, "freq_weighted": 4.0} for f in fields}  # a uniform table ranks nothing
+    assert signal_summary(same, fields, ranks, strengths, cards)["freq_weighted"]["noise_among_fewest"] is None
     text = render_signal_markdown(s, "dnis CR 4")
     assert "| C4 | noise | 0 | 5000 | 9.00 | 9.00 |" in text and "1 of 2 noise fields" in text
 
