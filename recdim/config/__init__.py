@@ -401,7 +401,7 @@ class PruneConfig:
     retrain: Literal["all", "frozen_embeddings", "frozen_interaction", "none"] = "all"
     score: Literal["magnitude", "fisher"] = "magnitude"
     allocation: Literal["method", "global", "field"] = "method"
-    field_confidence: float = 2.0
+    field_confidence: float = 0.0
 
     def __post_init__(self) -> None:
         if self.allocation not in ("method", "global", "field"):

@@ -149,9 +149,10 @@ def render_signal_markdown(summary: Mapping[str, Any], title: str) -> str:
         def fmt(v: Optional[float]) -> str:
             return "n/a" if v is None else f"{v:.2f}"
 
+        noise = "n/a" if s["noise_among_fewest"] is None else str(s["noise_among_fewest"])
         lines.append(
             f"- {measure}: Spearman with true signal {fmt(s['spearman_signal'])}, with cardinality "
-            f"{fmt(s['spearman_cardinality'])}; {s['noise_among_fewest'] if s['noise_among_fewest'] is not None else 'n/a'} "
+            f"{fmt(s['spearman_cardinality'])}; {noise} "
             f"of {s['noise_fields']} noise fields among "
             f"the {s['noise_fields']} fields with the fewest dims"
         )

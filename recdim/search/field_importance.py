@@ -12,9 +12,8 @@ helps no held-out row (I_f ≈ 0 or below), and a field of a million rare ids co
 held-out samples say. :mod:`recdim.layout.field_budget` turns it into per-field budgets.
 
 The per-sample differences also give each I_f a standard error; allocation reads the lower confidence bound
-I_f − z · SE_f (``prune.field_confidence`` = z), so a field whose held-out evidence is within noise of zero
-(a noise field the arch slightly leans on by chance) keeps nothing rather than a share proportional to
-chance.
+I_f − z · SE_f (``prune.field_confidence`` = z, default 0), so that with z > 0 a field whose held-out
+evidence is within noise of zero keeps nothing rather than a share proportional to chance.
 """
 
 from __future__ import annotations
