@@ -65,19 +65,6 @@ class FieldAblation:
         return {f: m - z * self.stderr[f] for f, m in self.mean.items()}
 
 
-def field_ablation_importance(
-    arch: nn.Module,
-    values: Mapping[str, torch.Tensor],
-    batches: Iterable[Tuple[object, int]],
-    features: Sequence[str],
-    pooling: str = "sum",
-    binary: bool = True,
-    reads_ids: bool = False,
-) -> Dict[str, float]:
-    """``I_f`` for every feature over ``batches``: :func:`field_ablation_stats`'s means (same arguments)."""
-    return field_ablation_stats(arch, values, batches, features, pooling, binary, reads_ids).mean
-
-
 def field_ablation_stats(
     arch: nn.Module,
     values: Mapping[str, torch.Tensor],
