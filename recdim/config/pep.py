@@ -33,7 +33,12 @@ class PEPConfig:
             to a budget its masks are kept, at exactly that fraction (an extra offset on every threshold,
             for the snapshot only); training stops at the smallest. A budget training does not reach is
             reached at the end by raising the thresholds alone (recorded as ``forced``).
-        check_every: training steps between non-zero counts (each count scans every table once).
+        check_every: the fewest training steps between non-zero counts (each count scans every table, or
+            the rows trained since the last count).
+        check_lookahead: fraction of the steps predicted to remain until the next budget that may pass
+            before the next count (:class:`~recdim.search.count_schedule.CountSchedule`); 0 counts every
+            ``check_every`` steps.
+        max_check_gap: the most training steps between counts.
 
     Example::
 
@@ -50,12 +55,20 @@ class PEPConfig:
     l2_target: float = 0.0
     budgets: Tuple[float, ...] = ()
     check_every: int = 1
+    check_lookahead: float = 0.5
+    max_check_gap: int = 16
 
     def __post_init__(self) -> None:
         if any(not 0.0 < b < 1.0 for b in self.budgets):
             raise ValueError(f"pep.budgets must be fractions in (0, 1), got {self.budgets}")
         if self.check_every < 1:
             raise ValueError(f"pep.check_every must be >= 1, got {self.check_every}")
+        if not 0.0 <= self.check_lookahead < 1.0:
+            raise ValueError(f"pep.check_lookahead must be in [0, 1), got {self.check_lookahead}")
+        if self.max_check_gap < self.check_every:
+            raise ValueError(
+                f"pep.max_check_gap ({self.max_check_gap}) must be >= pep.check_every ({self.check_every})"
+            )
         if self.ramp_steps < 0 or self.l2_strength < 0:
             raise ValueError("pep.ramp_steps and pep.l2_strength must be >= 0")
         if self.pressure == "ramp" and self.ramp_to <= self.threshold_init:

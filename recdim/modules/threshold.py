@@ -111,7 +111,7 @@ from recdim.modules.threshold_granularity import (  # noqa: F401  (re-exported)
     make_thresholds,
 )
 from recdim.modules.uniform import table_name
-from recdim.modules.unique_lookup import UniqueIds, unique_ids
+from recdim.modules.unique_lookup import UniqueIds, expand_rows, unique_ids
 
 # Single-valued batches whose distinct ids are at most this fraction of their lookups are looked up once per
 # distinct id (see ThresholdEmbeddingProvider._pooled_path); above it the deduplication costs more than it saves.
@@ -278,6 +278,10 @@ class ThresholdEmbeddingProvider(EmbeddingProvider):
         """Start (or stop) recording the ids that training lookups touch (see :meth:`take_touched`)."""
         self._touched = {} if on else None
 
+    def has_touched(self) -> bool:
+        """Whether a training lookup has touched rows since the last :meth:`take_touched`."""
+        return any(self._touched.values()) if self._touched else False
+
     def take_touched(self) -> Dict[str, torch.Tensor]:
         """The ids looked up by this rank's training forwards since the last call, by table name (each
         listed once, in no particular order), and starts over. Only rows listed here can have been changed by a fused
@@ -405,7 +409,7 @@ class ThresholdEmbeddingProvider(EmbeddingProvider):
         else:
             pruned = self._prune(*self.thresholds.split_grouped(rows, self._bag_index))
         if expand is not None:
-            pruned = pruned.reshape(-1, pruned.size(-1)).index_select(0, expand).view(batch, group, -1)
+            pruned = expand_rows(pruned.reshape(-1, pruned.size(-1)), expand).view(batch, group, -1)
         if self.is_weighted and weights is not None:
             pruned = pruned * weights.view(group, batch).t().unsqueeze(-1)  # one weight per bag
         return pruned

@@ -295,6 +295,34 @@ class KeptCounter:
             dist.all_reduce(nnz)
         return int(nnz), self.provider.embedding_params()
 
+    def answers_any_offset(self) -> bool:
+        """Whether :meth:`count_at` can answer: every shard keeps its keys (:class:`StoredKeys`), none was
+        written since it was keyed, and no training step has touched a row since the last :meth:`count`.
+        The same answer on every rank (collective when world > 1)."""
+        ok = (
+            bool(self._groups)
+            and self._unchanged()
+            and all(isinstance(g.index, StoredKeys) for g in self._groups)
+            and not self.provider.has_touched()
+        )
+        if rank_and_world()[1] > 1:
+            flag = torch.tensor([int(ok)], device=self.provider.threshold_offset.device)
+            dist.all_reduce(flag, op=dist.ReduceOp.MIN)
+            ok = bool(flag.item())
+        return ok
+
+    @torch.no_grad()
+    def count_at(self, offset: float) -> int:
+        """Surviving values at any ``offset`` (float32-representable) from the kept keys, identical on all
+        ranks: the count :func:`~recdim.search.pep_tables.count_nonzeros` makes at that offset, from one
+        comparison per value instead of a pass through the gate. Only while :meth:`answers_any_offset`."""
+        nnz = torch.tensor(
+            sum(g.index.count(offset) for g in self._groups), device=self.provider.threshold_offset.device
+        )
+        if rank_and_world()[1] > 1:
+            dist.all_reduce(nnz)
+        return int(nnz)
+
     def _unchanged(self) -> bool:
         """No shard was written since it was keyed other than by the fused optimizer (which leaves
         ``_version`` alone; ``copy_``, ``load_state_dict`` and friends bump it)."""

@@ -5,8 +5,9 @@ needs around :class:`~recdim.modules.threshold.ThresholdEmbeddingProvider`:
 
 - a :class:`ThresholdPressure` that pushes s up (:class:`LinearRamp`, the default, or :class:`CoupledL2`,
   which with s = -150 reproduces the paper; see the provider's module docstring for why);
-- :class:`PEPHook`, which after every ``check_every`` steps counts the surviving values over all shards
-  (one all-reduced integer, :mod:`recdim.search.pep_tables`), keeps the masks the first time the count
+- :class:`PEPHook`, which counts the surviving values over all shards (one all-reduced integer,
+  :mod:`recdim.search.pep_tables`) on a :class:`~recdim.search.count_schedule.CountSchedule` (every
+  ``check_every`` steps near a budget, rarely far from one), keeps the masks the first time the count
   falls to each budget (bool [N, K] per table, held bit-packed on every rank so checkpoints hold them)
   and stops training once the smallest budget is reached;
 - :class:`PEPMethod`, the :class:`~recdim.search.method.SearchMethod` tying them to a session.
@@ -50,6 +51,7 @@ from recdim.layout.pruned import PrunedModel
 from recdim.modules.table_init import table_rows
 from recdim.modules.threshold import GATES, ThresholdEmbeddingProvider, make_thresholds, survival_keys
 from recdim.modules.uniform import table_name
+from recdim.search.count_schedule import CountSchedule
 from recdim.search.field_importance import field_allocation, search_split_field_importance
 from recdim.search.kept_counter import KeptCounter, fused_sparse_tables
 from recdim.search.method import SearchedModel, SearchMethod, with_search
@@ -213,11 +215,14 @@ class PEPHook(StepHook):
         provider: the (possibly sharded) threshold provider.
         budgets: target fractions of surviving values, each in (0, 1).
         pressures: what pushes s up (a :class:`LinearRamp` by default).
-        check_every: steps between counts.
+        check_every: steps between counts (a fixed schedule), when ``schedule`` is not given.
+        schedule: when to count (:class:`~recdim.search.count_schedule.CountSchedule`); default a count
+            every ``check_every`` steps.
 
     Example::
 
-        hook = PEPHook(provider, budgets=(0.5, 0.2), pressures=[LinearRamp(0.01)])
+        hook = PEPHook(provider, budgets=(0.5, 0.2), pressures=[LinearRamp(0.01)],
+                       schedule=CountSchedule(every=1, lookahead=0.5))
         session.trainer.hooks.append(hook)
     """
 
@@ -227,6 +232,7 @@ class PEPHook(StepHook):
         budgets: Sequence[float],
         pressures: Sequence[ThresholdPressure] = (),
         check_every: int = 1,
+        schedule: Optional[CountSchedule] = None,
     ) -> None:
         if not budgets or any(not 0.0 < b < 1.0 for b in budgets):
             raise ValueError(f"budgets must be fractions in (0, 1), got {tuple(budgets)}")
@@ -234,7 +240,8 @@ class PEPHook(StepHook):
         self.budgets = sorted(set(float(b) for b in budgets), reverse=True)
         self.pending = list(self.budgets)
         self.pressures = list(pressures) if pressures else [LinearRamp(0.01)]
-        self.check_every = int(check_every)
+        self.schedule = schedule if schedule is not None else CountSchedule(every=int(check_every), lookahead=0.0)
+        self.check_every = self.schedule.every
         self.snapshots: List[Snapshot] = []
         self.last_count: Optional[Tuple[int, int]] = None
 
@@ -245,7 +252,7 @@ class PEPHook(StepHook):
     def after_step(self, trainer: Any, step: int, batch: Any) -> None:
         for p in self.pressures:
             p.after_step(self.provider, step)
-        if self.pending and step % self.check_every == 0:
+        if self.pending and self.schedule.due(step):
             self.check(step)
 
     def check(self, step: int) -> List[float]:
@@ -255,6 +262,8 @@ class PEPHook(StepHook):
         crossed = [b for b in self.pending if nnz <= b * total]
         for b in crossed:
             self.snapshot(b, step, total)
+        if self.pending:
+            self.schedule.observe(step, nnz, int(self.pending[0] * total))
         if not self.pending:
             self.provider.track_touched(False)
         return crossed
@@ -284,7 +293,9 @@ class PEPHook(StepHook):
         """
         target = int(round(budget * total))
         ramp = float(self.provider.threshold_offset)
-        nnz_at = self._count_at
+        counter = self.__dict__.get("_counter")
+        # kept keys answer every offset of the bisection with one comparison per value (exactly the full count)
+        nnz_at = self._keyed_count_at if counter and counter.answers_any_offset() else self._count_at
         lo, hi = ramp - 64.0, ramp
         while nnz_at(hi) > target:
             if hi - ramp > 1e4:
@@ -317,12 +328,16 @@ class PEPHook(StepHook):
         self.provider.threshold_offset.fill_(offset)
         return count_nonzeros(self.provider)[0]
 
+    def _keyed_count_at(self, offset: float) -> int:
+        self.provider.threshold_offset.fill_(offset)
+        return self._counter.count_at(float(self.provider.threshold_offset))
+
     def reach_pending(self, step: int) -> List[Snapshot]:
         """Snapshots every budget training did not reach, by raising the offset on the final values (no
         further training); each is marked ``forced``. Collective. Returns the new snapshots."""
         if not self.pending:
             return []
-        _, total = count_nonzeros(self.provider)
+        _, total = self.count(step)  # also brings the kept keys up to date for the snapshots
         out = []
         for b in list(self.pending):
             log.warning("PEP search ended before budget %g; raising every threshold to reach it", b)
@@ -352,12 +367,15 @@ class PEPHook(StepHook):
             dict(dataclasses.asdict(s), packed={k: torch.from_numpy(v) for k, v in s.packed.items()})
             for s in self.snapshots
         ]
-        torch.save({"pending": self.pending, "last_count": self.last_count, "snapshots": snaps}, buf)
+        state = {"pending": self.pending, "last_count": self.last_count, "snapshots": snaps}
+        torch.save(dict(state, schedule=self.schedule.state_dict()), buf)
         return {"pep": buf.getvalue()}
 
     def load_state_dict(self, state: Dict[str, Any]) -> None:
         data = torch.load(io.BytesIO(state["pep"]), weights_only=True)
         self.pending = [float(b) for b in data["pending"]]
+        if "schedule" in data:  # checkpoints from before the schedule counted every check_every steps
+            self.schedule.load_state_dict(data["schedule"])
         self.last_count = tuple(data["last_count"]) if data["last_count"] is not None else None  # type: ignore[assignment]
         self.snapshots = [
             Snapshot(**dict(s, packed={k: v.numpy() for k, v in s["packed"].items()})) for s in data["snapshots"]
@@ -500,7 +518,8 @@ class PEPMethod(SearchMethod):
             # budgets are reached. The run ends at the last budget (or after train.epochs) instead.
             log.warning("PEP search: train.patience = %d ignored (training runs to the last budget)", train.patience)
             session.trainer.cfg = dataclasses.replace(train, patience=0)
-        self.hook = PEPHook(provider, self.budgets, pressures(self.pep, planned), self.pep.check_every)
+        schedule = CountSchedule(self.pep.check_every, self.pep.check_lookahead, self.pep.max_check_gap)
+        self.hook = PEPHook(provider, self.budgets, pressures(self.pep, planned), schedule=schedule)
         return [self.hook]
 
     def save(self, session: Any, out_dir: Path) -> Dict[str, Any]:

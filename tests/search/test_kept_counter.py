@@ -109,6 +109,14 @@ def _run(rank: int, world: int, stored_limit: int, unique_fraction: float) -> Li
         nnz, total = counter.count(offset, upcoming_offsets([ramp], step, 1, offset))
         full, full_total = count_nonzeros(live)
         assert total == full_total
+        # kept keys answer any offset (the snapshot's bisection) as a full count does; binned keys do not
+        assert counter.answers_any_offset() == (stored_limit > 0)
+        if stored_limit > 0:
+            for shift in (-0.3, -1e-3, 0.0, 0.02, 0.7):
+                live.threshold_offset.fill_(offset + shift)
+                probe = float(live.threshold_offset)
+                assert counter.count_at(probe) == count_nonzeros(live)[0], (step, shift)
+            live.threshold_offset.fill_(offset)
         out.append((nnz, full, counter.rebuilds))
     return out
 

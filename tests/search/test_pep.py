@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 import numpy as np
 import pytest
@@ -362,7 +362,7 @@ def test_incremental_count_snapshots_at_the_full_counts_steps() -> None:
 
     runs = []
     for incremental in (True, False):
-        pep = PEPConfig(budgets=(0.75, 0.6))
+        pep = PEPConfig(budgets=(0.75, 0.6), check_lookahead=0.0)
         train_cfg = TrainConfig(epochs=10, batch_size=64, lr=1e-2, device="cpu", progress=False)
         method, sess, train, val = session(pep, train_cfg)
         hook = method.hook
@@ -380,3 +380,24 @@ def test_incremental_count_snapshots_at_the_full_counts_steps() -> None:
     for a, b in zip(kept, full_kept):
         for name, m in a.masks(K).items():
             assert torch.equal(m, b.masks(K)[name])
+
+
+def test_lookahead_counts_rarely_and_snapshots_where_every_step_does() -> None:
+    """The default schedule (counts far apart while no budget is near) takes a fraction of the counts of a
+    count after every step and keeps the same budgets at the same steps, each at exactly its count."""
+    runs = []
+    for lookahead in (0.5, 0.0):
+        pep = PEPConfig(budgets=(0.75, 0.6, 0.5), check_lookahead=lookahead)
+        train_cfg = TrainConfig(epochs=10, batch_size=64, lr=1e-2, device="cpu", progress=False)
+        method, sess, train, val = session(pep, train_cfg)
+        hook = method.hook
+        steps: List[int] = []
+        check = hook.check
+        hook.check = lambda step: (steps.append(step), check(step))[1]  # type: ignore[method-assign]
+        sess.trainer.fit(train, val)
+        runs.append((steps, hook.snapshots))
+    (steps, snaps), (every_steps, every_snaps) = runs
+    assert len(steps) < len(every_steps) / 3
+    assert [(s.budget, s.step) for s in snaps] == [(s.budget, s.step) for s in every_snaps]
+    for s in snaps:
+        assert s.nnz == round(s.budget * s.total) and not s.forced
