@@ -6,7 +6,7 @@ import re
 from dataclasses import dataclass
 from typing import Any, List, Sequence, TypeVar
 
-from recdim.config.compare import CompareConfig
+from recdim.config.compare import CompareConfig, variant_base
 from recdim.config.methods import parse
 from recdim.config_io import apply_overrides, from_dict, to_dict
 
@@ -97,7 +97,7 @@ def expand_grid(compare: CompareConfig, default_arch: str) -> List[Cell]:
         # 'dlrm/cr2/ue/seed0'
     """
     arches = compare.arches or (default_arch,)
-    searches = {m: compare.search_arch if parse(m)[0].kind == "search" else "" for m in compare.methods}
+    searches = {m: compare.search_arch if parse(variant_base(m))[0].kind == "search" else "" for m in compare.methods}
     return [
         Cell(method, arch, float(cr), int(seed), searches[method])
         for arch in arches
@@ -116,7 +116,8 @@ def override_config(cfg: C, overrides: Sequence[str]) -> C:
 
 
 def cell_config(cfg: C, compare: CompareConfig, cell: Cell) -> C:
-    """The config one cell runs with: ``model.arch``, ``train.seed``, ``compare.epochs`` and the overrides.
+    """The config one cell runs with: ``model.arch``, ``train.seed``, ``compare.epochs`` and the overrides
+    (``compare.overrides``, then the arch's, then the method variant's).
 
     Args:
         cfg: the experiment config (any dataclass with ``model`` and ``train`` sections).
@@ -131,6 +132,7 @@ def cell_config(cfg: C, compare: CompareConfig, cell: Cell) -> C:
         sets.append(f"train.epochs={compare.epochs}")
     sets += list(compare.overrides)
     sets += list(compare.arch_overrides.get(cell.arch, ()))
+    sets += list(compare.variants.get(cell.method, ()))
     return override_config(cfg, sets)
 
 

@@ -37,7 +37,7 @@ from recdim.compare.report import write_compare_report
 from recdim.compare.select import choose_best, selection_record
 from recdim.compare.tune import tune_grid
 from recdim.config.baseline import BaselineConfig
-from recdim.config.compare import CompareConfig
+from recdim.config.compare import CompareConfig, variant_base
 from recdim.search.baselines.methods import candidate_methods
 
 logger = logging.getLogger("recdim.compare")
@@ -150,7 +150,7 @@ def run_cell(
         ``search_time_s`` is the time of every setting and its ``retrain_time_s`` the chosen run's.
     """
     t0 = time.perf_counter()
-    if cell.method == "grid" and num_embeddings is None:
+    if variant_base(cell.method) == "grid" and num_embeddings is None:
         raise FileNotFoundError(f"{cfg.data_path}: grid search needs the prepared dataset's row counts")
     settings = tune_grid(compare.tune)
     runs_root = run_dir  # <out>/runs: where shared searches live
@@ -214,19 +214,21 @@ def _run_setting(
     """One cell at one training setting: ``(result, selection)``; a budget-free search is shared in
     ``search_dir`` (``<out>/runs/<search id>``, suffixed by the tuning setting's label)."""
     K = cfg.model.embedding_dim
-    names = candidate_methods(cell.method, _baseline_config(cfg), num_embeddings or {}, K, cell.cr)
-    if names == [cell.method]:
+    method = variant_base(cell.method)  # a variant runs its registry method (its overrides are in cfg)
+    names = candidate_methods(method, _baseline_config(cfg), num_embeddings or {}, K, cell.cr)
+    if names == [method]:
         from recdim.config.methods import parse
 
         shared: Dict[str, Any] = {}
-        entry, _ = parse(cell.method)
+        entry, _ = parse(method)
         if entry.kind == "search" and entry.load().budget_free:  # one search serves every budget
             shared["search_dir"] = search_dir
         if entry.kind == "search" and cell.transfers:
             if search_cfg is None:
                 raise ValueError(f"{cell.describe()}: a transferred search needs the search arch's config")
             shared["search_cfg"] = search_cfg
-        return dict(experiment(cfg, cell.method, cell.cr, cell.seed, run_dir, **shared)), None
+        result = dict(experiment(cfg, method, cell.cr, cell.seed, run_dir, **shared))
+        return (dict(result, method=cell.method) if method != cell.method else result), None
     results = []
     for name in names:
         path = run_dir / "candidates" / name / CANDIDATE_FILE

@@ -18,6 +18,38 @@ LOWER_IS_BETTER = ("logloss", "mse", "rmse", "mae", "loss")
 FIXED_KEYS: Tuple[str, ...] = ("model.arch", "model.embedding_dim", "train.seed", "prepare", "data")
 
 
+VARIANT_SEP = "+"
+
+
+def variant_base(label: str) -> str:
+    """The registry method a compare method label runs: ``"pep+inherit" -> "pep"``, ``"ue@8" -> "ue@8"``."""
+    return label.partition(VARIANT_SEP)[0]
+
+
+def check_variants(methods: Sequence[str], variants: Mapping[str, Sequence[str]]) -> None:
+    """Raises ``ValueError`` naming ``compare.variants`` or ``compare.methods`` for a variant that cannot run:
+    each label is ``<method>+<tag>`` of a registry method with ``KEY=VALUE`` overrides, and every label in
+    ``methods`` with a ``+`` has an entry.
+
+    Example::
+
+        check_variants(["pep", "pep+inherit"], {"pep+inherit": ["prune.init=inherit"]})   # fine
+    """
+    for label, sets in variants.items():
+        base, _, tag = label.partition(VARIANT_SEP)
+        if not tag:
+            raise ValueError(f"compare.variants: {label!r} must read <method>{VARIANT_SEP}<tag>, e.g. 'pep+inherit'")
+        parse(base, f"compare.variants.{label}")
+        if isinstance(sets, (str, bytes)) or not sets:
+            raise ValueError(f"compare.variants.{label}: expected a non-empty list of KEY=VALUE overrides")
+        for text in sets:
+            if "=" not in text:
+                raise ValueError(f"compare.variants.{label}: override {text!r}: expected KEY=VALUE")
+    for m in methods:
+        if VARIANT_SEP in m and m not in variants:
+            raise ValueError(f"compare.methods: {m!r} names a variant that compare.variants does not define")
+
+
 def check_tune(tune: Mapping[str, Sequence[Any]], where: str = "compare.tune") -> None:
     """Raises ``ValueError`` naming ``where`` and the key for a grid that cannot be run.
 
@@ -61,6 +93,9 @@ class CompareConfig:
             ``"train.max_steps=200"``.
         arch_overrides: per arch, overrides applied after ``overrides``, e.g.
             ``{"dlrm": ["model.bottom_mlp=[16]"]}``.
+        variants: methods run with their own overrides, applied last, under labels ``<method>+<tag>``
+            that ``methods`` lists beside the plain method, e.g. ``{"pep+inherit": ["prune.init=inherit"]}``
+            (each variant is its own row of the report and its own run directories).
         select_metric: validation metric that picks grid / random candidates; empty means ``auc`` for
             binary labels and ``mse`` for ratings. ``auc`` / ``accuracy`` are maximised, losses minimised.
         stop_on_error: raise at the first failing cell instead of recording it and going on.
@@ -94,6 +129,7 @@ class CompareConfig:
     epochs: int = 0
     overrides: Tuple[str, ...] = ()
     arch_overrides: Dict[str, Tuple[str, ...]] = field(default_factory=dict)
+    variants: Dict[str, Tuple[str, ...]] = field(default_factory=dict)
     select_metric: str = ""
     stop_on_error: bool = False
     search_arch: str = ""
@@ -103,7 +139,8 @@ class CompareConfig:
         if not self.methods or not self.budgets or not self.seeds:
             raise ValueError("compare.methods, compare.budgets and compare.seeds must not be empty")
         for m in self.methods:
-            parse(m, "compare.methods")
+            parse(variant_base(m), "compare.methods")
+        check_variants(self.methods, self.variants)
         check_arches(self.arches, "compare.arches")
         check_arches(self.arch_overrides, "compare.arch_overrides")
         if self.search_arch:

@@ -95,6 +95,11 @@ def test_grid_expansion_and_cell_configs():
         dict(seeds=()),
         dict(methods=("ue", "ue")),
         dict(select_metric="f1"),
+        dict(methods=("ue", "ue+wide")),  # a variant without an entry
+        dict(variants={"ue": ("train.lr=0.1",)}),  # not <method>+<tag>
+        dict(variants={"magic+x": ("train.lr=0.1",)}),
+        dict(variants={"ue+x": ("train.lr",)}),
+        dict(variants={"ue+x": ()}),
     ],
 )
 def test_compare_config_validates(bad):
@@ -243,3 +248,18 @@ def test_ready_configs_load_strictly(name):
 
         assert set(cfg.compare.methods) == set(names()) - {"autosrh"}
         assert len(cells) <= 48 and cfg.prepare.source == "synthetic" and cfg.prepare.synthetic.rows <= 20_000
+
+
+def test_variants_run_their_method_with_their_overrides(tmp_path):
+    """``mde+slow`` runs the registry's ``mde`` with its own overrides, under its own label: its own run
+    directories and its own report rows beside plain ``mde``."""
+    cmp = small_compare(tmp_path, methods=("mde", "mde+slow"), variants={"mde+slow": ("train.lr=0.5",)})
+    assert cell_config(Config(), cmp, Cell("mde+slow", "dlrm", 2.0, 0)).train.lr == 0.5
+    assert cell_config(Config(), cmp, Cell("mde", "dlrm", 2.0, 0)).train.lr == Config().train.lr
+    fake = FakeExperiment()
+    s = run_compare(Config(), compare=cmp, experiment=fake, prepare=False, progress=False)
+    assert (s.cells, s.ran) == (8, 8) and {c[0] for c in fake.calls} == {"mde"}
+    out = Path(cmp.output)
+    assert (out / "runs" / "dlrm/cr2/mde+slow/seed0" / "cell.json").exists()
+    rows = json.loads((out / "compare.json").read_text())["rows"]
+    assert [(r["method"], r["cr"]) for r in rows] == [("mde", 2.0), ("mde+slow", 2.0), ("mde", 4.0), ("mde+slow", 4.0)]
