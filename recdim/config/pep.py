@@ -39,6 +39,11 @@ class PEPConfig:
             before the next count (:class:`~recdim.search.count_schedule.CountSchedule`); 0 counts every
             ``check_every`` steps.
         max_check_gap: the most training steps between counts.
+        count_sample: on tables of at least ``count_sample_above`` values, a due count first estimates the
+            survivors from this fraction of each shard's rows and counts exactly only once the estimate is
+            within 5 standard errors of the next budget (:class:`~recdim.search.sampled_count.SampledCount`);
+            0 always counts exactly.
+        count_sample_above: table values (sum of N * K) from which counts are sampled first.
 
     Example::
 
@@ -57,6 +62,8 @@ class PEPConfig:
     check_every: int = 1
     check_lookahead: float = 0.5
     max_check_gap: int = 16
+    count_sample: float = 1 / 256
+    count_sample_above: int = 1 << 24
 
     def __post_init__(self) -> None:
         if any(not 0.0 < b < 1.0 for b in self.budgets):
@@ -65,6 +72,11 @@ class PEPConfig:
             raise ValueError(f"pep.check_every must be >= 1, got {self.check_every}")
         if not 0.0 <= self.check_lookahead < 1.0:
             raise ValueError(f"pep.check_lookahead must be in [0, 1), got {self.check_lookahead}")
+        if not 0.0 <= self.count_sample <= 1.0 or self.count_sample_above < 0:
+            raise ValueError(
+                f"pep.count_sample must be in [0, 1] and pep.count_sample_above >= 0, got {self.count_sample}, "
+                f"{self.count_sample_above}"
+            )
         if self.max_check_gap < self.check_every:
             raise ValueError(
                 f"pep.max_check_gap ({self.max_check_gap}) must be >= pep.check_every ({self.check_every})"

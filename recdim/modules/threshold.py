@@ -269,7 +269,7 @@ class ThresholdEmbeddingProvider(EmbeddingProvider):
         starts = [sum(sizes[:i]) for i in range(len(sizes))]
         self.register_buffer("_bag_offsets", torch.tensor(starts, dtype=torch.int64), persistent=False)
         self.unique_fraction = unique_fraction
-        self._touched: Optional[Dict[str, List[Tuple[torch.Tensor, bool]]]] = None
+        self._touched: Optional[Dict[str, torch.Tensor]] = None  # table -> bool [N], rows looked up
         self._probe_in = 0
         self._workspace: Optional[torch.Tensor] = None
         self._row_offsets_cache: Optional[torch.Tensor] = None
@@ -281,11 +281,12 @@ class ThresholdEmbeddingProvider(EmbeddingProvider):
 
     def has_touched(self) -> bool:
         """Whether a training lookup has touched rows since the last :meth:`take_touched`."""
-        return any(self._touched.values()) if self._touched else False
+        return any(bool(rows.any()) for rows in self._touched.values()) if self._touched else False
 
     def take_touched(self) -> Dict[str, torch.Tensor]:
         """The ids looked up by this rank's training forwards since the last call, by table name (each
-        listed once, in no particular order), and starts over. Only rows listed here can have been changed by a fused
+        listed once, ascending; kept as one bit per row between calls, so any number of steps may pass),
+        and starts over. Only rows listed here can have been changed by a fused
         (sparse) table optimizer since then. Empty unless :meth:`track_touched` is on.
 
         Example::
@@ -296,13 +297,12 @@ class ThresholdEmbeddingProvider(EmbeddingProvider):
         """
         if self._touched is None:
             return {}
-        taken, self._touched = self._touched, {}
         out = {}
-        for name, parts in taken.items():
-            if len(parts) == 1 and parts[0][1]:
-                out[name] = parts[0][0]
-            else:
-                out[name] = torch.unique(torch.cat([ids for ids, _ in parts]))
+        for name, rows in self._touched.items():
+            ids = rows.nonzero().squeeze(1)
+            if ids.numel():
+                out[name] = ids
+                rows.zero_()
         return out
 
     def _dedup_stride(self, distinct: UniqueIds, lookups: int) -> Optional[int]:
@@ -336,7 +336,11 @@ class ThresholdEmbeddingProvider(EmbeddingProvider):
         """Notes the ids a training lookup of ``features`` touches (``distinct``: each listed once)."""
         if self._touched is not None and torch.is_grad_enabled() and self.training:
             for f, i in zip(features, ids):
-                self._touched.setdefault(table_name(f), []).append((i.detach(), distinct))
+                rows = self._touched.get(table_name(f))
+                if rows is None or rows.device != i.device:
+                    rows = torch.zeros(self.num_embeddings[f], dtype=torch.bool, device=i.device)
+                    self._touched[table_name(f)] = rows
+                rows.index_fill_(0, i.detach().to(torch.int64), True)
 
     def threshold(self, s: torch.Tensor) -> torch.Tensor:
         """g(s + offset)."""

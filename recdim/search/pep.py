@@ -63,6 +63,7 @@ from recdim.search.pep_tables import (
     rank_and_world,
     table_pieces,
 )
+from recdim.search.sampled_count import SampledCount
 from recdim.train.build import ProviderFactory
 from recdim.train.hooks import StepHook
 
@@ -218,6 +219,9 @@ class PEPHook(StepHook):
         check_every: steps between counts (a fixed schedule), when ``schedule`` is not given.
         schedule: when to count (:class:`~recdim.search.count_schedule.CountSchedule`); default a count
             every ``check_every`` steps.
+        sampler: estimates the count from a sample of rows (:class:`~recdim.search.sampled_count.SampledCount`):
+            a due count is taken exactly only once the estimate is not surely above the next budget; the
+            schedule then follows the estimates. None: every due count is exact.
 
     Example::
 
@@ -233,6 +237,7 @@ class PEPHook(StepHook):
         pressures: Sequence[ThresholdPressure] = (),
         check_every: int = 1,
         schedule: Optional[CountSchedule] = None,
+        sampler: Optional[SampledCount] = None,
     ) -> None:
         if not budgets or any(not 0.0 < b < 1.0 for b in budgets):
             raise ValueError(f"budgets must be fractions in (0, 1), got {tuple(budgets)}")
@@ -242,6 +247,8 @@ class PEPHook(StepHook):
         self.pressures = list(pressures) if pressures else [LinearRamp(0.01)]
         self.schedule = schedule if schedule is not None else CountSchedule(every=int(check_every), lookahead=0.0)
         self.check_every = self.schedule.every
+        self.sampler = sampler
+        self.estimates = 0  # due counts answered by the sampled estimate
         self.snapshots: List[Snapshot] = []
         self.last_count: Optional[Tuple[int, int]] = None
 
@@ -252,8 +259,17 @@ class PEPHook(StepHook):
     def after_step(self, trainer: Any, step: int, batch: Any) -> None:
         for p in self.pressures:
             p.after_step(self.provider, step)
-        if self.pending and self.schedule.due(step):
-            self.check(step)
+        if not (self.pending and self.schedule.due(step)):
+            return
+        if self.sampler is not None:
+            total = self.provider.embedding_params()
+            target = int(self.pending[0] * total)
+            far, est, se = self.sampler.far_above(target)  # collective, like the exact count
+            if far:
+                self.estimates += 1
+                self.schedule.observe(step, int(est), target + int(self.sampler.z * se))
+                return
+        self.check(step)
 
     def check(self, step: int) -> List[float]:
         """Counts non-zeros (collective) and snapshots every budget newly reached; returns those budgets."""
@@ -519,7 +535,10 @@ class PEPMethod(SearchMethod):
             log.warning("PEP search: train.patience = %d ignored (training runs to the last budget)", train.patience)
             session.trainer.cfg = dataclasses.replace(train, patience=0)
         schedule = CountSchedule(self.pep.check_every, self.pep.check_lookahead, self.pep.max_check_gap)
-        self.hook = PEPHook(provider, self.budgets, pressures(self.pep, planned), schedule=schedule)
+        sampler = None
+        if self.pep.count_sample > 0 and provider.embedding_params() >= self.pep.count_sample_above:
+            sampler = SampledCount(provider, self.pep.count_sample, seed=train.seed)
+        self.hook = PEPHook(provider, self.budgets, pressures(self.pep, planned), schedule=schedule, sampler=sampler)
         return [self.hook]
 
     def save(self, session: Any, out_dir: Path) -> Dict[str, Any]:

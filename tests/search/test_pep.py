@@ -401,3 +401,26 @@ def test_lookahead_counts_rarely_and_snapshots_where_every_step_does() -> None:
     assert [(s.budget, s.step) for s in snaps] == [(s.budget, s.step) for s in every_snaps]
     for s in snaps:
         assert s.nnz == round(s.budget * s.total) and not s.forced
+
+
+def test_sampled_estimates_skip_counts_far_from_a_budget_and_keep_the_snapshots() -> None:
+    """With the sampled estimate switched on (every table, half of each table's rows), due counts far from
+    a budget are answered by the estimate; the budgets are still caught at the steps of a count after
+    every step, each at exactly its count."""
+    runs = []
+    for sample in (0.5, 0.0):
+        pep = PEPConfig(budgets=(0.75, 0.6, 0.5), check_lookahead=0.0, count_sample=sample, count_sample_above=0)
+        train_cfg = TrainConfig(epochs=10, batch_size=64, lr=1e-2, device="cpu", progress=False)
+        method, sess, train, val = session(pep, train_cfg)
+        hook = method.hook
+        assert (hook.sampler is not None) == (sample > 0)
+        steps: List[int] = []
+        check = hook.check
+        hook.check = lambda step: (steps.append(step), check(step))[1]  # type: ignore[method-assign]
+        sess.trainer.fit(train, val)
+        runs.append((steps, hook.snapshots, hook.estimates))
+    (steps, snaps, estimates), (every_steps, every_snaps, _) = runs
+    assert estimates > 0 and len(steps) < len(every_steps)
+    assert [(s.budget, s.step) for s in snaps] == [(s.budget, s.step) for s in every_snaps]
+    for a, b in zip(snaps, every_snaps):
+        assert a.nnz == b.nnz and a.offset == b.offset and not a.forced
