@@ -37,6 +37,9 @@ from recdim.search.pep_tables import rank_and_world, table_pieces
 # Values re-keyed at a time: the temporaries of one chunk (a few float64 copies) stay in cache.
 CHUNK_VALUES = 1 << 16
 
+# The most local values FrozenKeys keys at once (8 bytes each: 1 GiB).
+FROZEN_KEY_LIMIT = 1 << 27
+
 # Upcoming offsets of the checks after the current one (how many are asked for) -> their values.
 Upcoming = Callable[[int], Sequence[float]]
 
@@ -223,6 +226,56 @@ class BinnedKeys:
         at = self.grid.index(offset, self.at)
         assert at is not None, "count() at an offset the grid does not cover"
         return int(self.hist[at + 1 :].sum())
+
+
+class FrozenKeys:
+    """Every local value's survival key at one moment, for counts at many offsets while no row changes (a
+    snapshot's bisection): one pass through the gate's inverse, then one comparison per value a count,
+    instead of a pass through the gate per count (:func:`~recdim.search.pep_tables.count_nonzeros`). The
+    counts are the ones a full count makes. float64, 8 bytes a value.
+
+    Args:
+        provider: the (possibly sharded) provider, :attr:`ThresholdEmbeddingProvider.keyed_survival`.
+
+    Example::
+
+        keys = FrozenKeys.build(provider)         # None when the shards hold too many values
+        nnz = keys.count_at(float(provider.threshold_offset)) if keys else count_nonzeros(provider)[0]
+    """
+
+    def __init__(self, provider: ThresholdEmbeddingProvider) -> None:
+        if not provider.keyed_survival:
+            raise ValueError("FrozenKeys needs thresholds in the table and a gate with a known inverse")
+        self.provider = provider
+        self.keys: List[torch.Tensor] = []
+        with torch.no_grad():
+            for feature, _, local, _, cols in table_pieces(provider):
+                step = max(1, CHUNK_VALUES // max(1, local.size(1)))
+                for a in range(0, local.size(0), step):
+                    values, s, _ = provider.thresholds.split_piece(feature, local[a : a + step], cols)
+                    self.keys.append(provider.survival_keys(values, s))
+
+    @classmethod
+    def build(cls, provider: ThresholdEmbeddingProvider, limit: int = FROZEN_KEY_LIMIT) -> Optional["FrozenKeys"]:
+        """The keys when the provider has survival keys and every rank's shards hold at most ``limit``
+        values, else None; the same answer on every rank (collective when world > 1)."""
+        local = sum(piece[2].numel() for piece in table_pieces(provider)) // provider.thresholds.columns_per_value
+        ok = provider.keyed_survival and local <= limit
+        if rank_and_world()[1] > 1:
+            flag = torch.tensor([int(ok)], device=provider.threshold_offset.device)
+            dist.all_reduce(flag, op=dist.ReduceOp.MIN)
+            ok = bool(flag.item())
+        return cls(provider) if ok else None
+
+    @torch.no_grad()
+    def count_at(self, offset: float) -> int:
+        """Surviving values at ``offset`` (float32-representable) over every rank (collective)."""
+        nnz = torch.zeros((), dtype=torch.int64, device=self.provider.threshold_offset.device)
+        for keys in self.keys:
+            nnz += torch.count_nonzero(keys > offset).to(nnz.device)
+        if rank_and_world()[1] > 1:
+            dist.all_reduce(nnz)
+        return int(nnz)
 
 
 @dataclass

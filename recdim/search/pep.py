@@ -53,7 +53,7 @@ from recdim.modules.threshold import GATES, ThresholdEmbeddingProvider, make_thr
 from recdim.modules.uniform import table_name
 from recdim.search.count_schedule import CountSchedule
 from recdim.search.field_importance import field_allocation, search_split_field_importance
-from recdim.search.kept_counter import KeptCounter, fused_sparse_tables
+from recdim.search.kept_counter import FrozenKeys, KeptCounter, fused_sparse_tables
 from recdim.search.method import SearchedModel, SearchMethod, with_search
 from recdim.search.pep_tables import (
     count_nonzeros,
@@ -310,8 +310,26 @@ class PEPHook(StepHook):
         target = int(round(budget * total))
         ramp = float(self.provider.threshold_offset)
         counter = self.__dict__.get("_counter")
-        # kept keys answer every offset of the bisection with one comparison per value (exactly the full count)
-        nnz_at = self._keyed_count_at if counter and counter.answers_any_offset() else self._count_at
+        # kept keys answer every offset of the bisection with one comparison per value (exactly the full
+        # count); otherwise the keys are computed once for the bisection when they fit, else every probe
+        # counts through the gate
+        count_at: Callable[[float], int]
+        if counter and counter.answers_any_offset():
+            count_at = self._counter.count_at
+        else:
+            frozen = FrozenKeys.build(self.provider) if self.provider.keyed_survival else None
+            count_at = frozen.count_at if frozen is not None else self._full_count_at
+        counts: Dict[float, int] = {}
+
+        def nnz_at(offset: float) -> int:
+            """The count at ``offset`` as the float32 buffer holds it (bisection midpoints that round to
+            the same float32 offset are counted once)."""
+            self.provider.threshold_offset.fill_(offset)
+            held = float(self.provider.threshold_offset)
+            if held not in counts:
+                counts[held] = count_at(held)
+            return counts[held]
+
         lo, hi = ramp - 64.0, ramp
         while nnz_at(hi) > target:
             if hi - ramp > 1e4:
@@ -340,13 +358,9 @@ class PEPHook(StepHook):
         self.pending.remove(budget)
         return snap
 
-    def _count_at(self, offset: float) -> int:
-        self.provider.threshold_offset.fill_(offset)
+    def _full_count_at(self, offset: float) -> int:
+        """A full count at ``offset``, the offset the provider holds (collective)."""
         return count_nonzeros(self.provider)[0]
-
-    def _keyed_count_at(self, offset: float) -> int:
-        self.provider.threshold_offset.fill_(offset)
-        return self._counter.count_at(float(self.provider.threshold_offset))
 
     def reach_pending(self, step: int) -> List[Snapshot]:
         """Snapshots every budget training did not reach, by raising the offset on the final values (no

@@ -12,7 +12,7 @@ from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 from recdim.config import TrainConfig
 from recdim.modules.table_init import init_tables
 from recdim.modules.threshold import ThresholdEmbeddingProvider, make_thresholds
-from recdim.search.kept_counter import KeptCounter, OffsetGrid, fused_sparse_tables
+from recdim.search.kept_counter import FrozenKeys, KeptCounter, OffsetGrid, fused_sparse_tables
 from recdim.search.pep import LinearRamp, upcoming_offsets
 from recdim.search.pep_tables import count_nonzeros, init_threshold_tables, table_pieces
 from tests.dist_utils import run_ranks
@@ -116,6 +116,13 @@ def _run(rank: int, world: int, stored_limit: int, unique_fraction: float) -> Li
                 live.threshold_offset.fill_(offset + shift)
                 probe = float(live.threshold_offset)
                 assert counter.count_at(probe) == count_nonzeros(live)[0], (step, shift)
+            live.threshold_offset.fill_(offset)
+        if step % 6 == 0:  # keys computed once answer any offset as a full count does
+            frozen = FrozenKeys.build(live)
+            assert frozen is not None and FrozenKeys.build(live, limit=0) is None
+            for shift in (-0.3, 0.0, 0.7):
+                live.threshold_offset.fill_(offset + shift)
+                assert frozen.count_at(float(live.threshold_offset)) == count_nonzeros(live)[0], (step, shift)
             live.threshold_offset.fill_(offset)
         out.append((nnz, full, counter.rebuilds))
     return out

@@ -424,3 +424,39 @@ def test_sampled_estimates_skip_counts_far_from_a_budget_and_keep_the_snapshots(
     assert [(s.budget, s.step) for s in snaps] == [(s.budget, s.step) for s in every_snaps]
     for a, b in zip(snaps, every_snaps):
         assert a.nnz == b.nnz and a.offset == b.offset and not a.forced
+
+
+def test_snapshot_bisection_counts_alike_by_kept_keys_frozen_keys_and_full_counts(monkeypatch: Any) -> None:
+    """The snapshot's bisection counts through the kept keys (incremental counter), keys computed once for
+    the bisection (FrozenKeys) or a pass through the gate per probe: the same offsets, counts and masks."""
+    from recdim.search import pep as pep_module
+
+    runs = []
+    build = pep_module.FrozenKeys.build
+    for path in ("kept", "frozen", "full"):
+        pep = PEPConfig(budgets=(0.75, 0.6), check_lookahead=0.0)
+        train_cfg = TrainConfig(epochs=10, batch_size=64, lr=1e-2, device="cpu", progress=False)
+        method, sess, train, val = session(pep, train_cfg)
+        hook = method.hook
+        built: List[bool] = []
+
+        def counted_build(provider: Any, _path: str = path) -> Any:
+            keys = None if _path == "full" else build(provider)
+            built.append(keys is not None)
+            return keys
+
+        monkeypatch.setattr(pep_module.FrozenKeys, "build", staticmethod(counted_build))
+        if path != "kept":
+            hook._counter = False  # full counts between snapshots: the bisection cannot use kept keys
+        sess.trainer.fit(train, val)
+        assert built == ([] if path == "kept" else [path == "frozen"] * 2)
+        runs.append(hook.snapshots)
+    kept, frozen, full = runs
+    for a, b, c in zip(kept, frozen, full):
+        assert (
+            (a.budget, a.step, a.nnz, a.offset)
+            == (b.budget, b.step, b.nnz, b.offset)
+            == (c.budget, c.step, c.nnz, c.offset)
+        )
+        for name, m in a.masks(K).items():
+            assert torch.equal(m, b.masks(K)[name]) and torch.equal(m, c.masks(K)[name])
