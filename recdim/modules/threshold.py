@@ -74,7 +74,8 @@ Cost (CPU, one thread, process time, ``benchmarks/search_overhead.py``, the defa
 single-valued features, B = 2048) a PEP step costs about 1.17-1.23x the uniform model's (1.2-1.5x before
 counts on a schedule and the radix-sorted gradient of the distinct-id expansion; 1.4-1.75x before
 distinct-id lookups and incremental counts); on the Criteo-shaped tables (26 x 100k rows, B = 4096) about
-1.34-1.40x (7-10x with a full count every step). What remains is the elementwise threshold (fused, see
+1.07-1.10x with sampled counts far from a budget (1.34-1.40x counting exactly on the schedule, 7-10x with a
+full count every step). What remains is the elementwise threshold (fused, see
 :mod:`~recdim.modules.soft_threshold`; about 16 ms of 1.7M values at Criteo size, some ten float passes
 that one pass inside the lookup kernel would replace), the twice-wide lookup and, at Criteo size,
 re-keying the values trained between counts (``recdim.search.kept_counter``).
