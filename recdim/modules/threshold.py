@@ -333,8 +333,8 @@ class ThresholdEmbeddingProvider(EmbeddingProvider):
             )
         return self._workspace
 
-    def _record(self, features: Sequence[str], ids: Sequence[torch.Tensor], distinct: bool) -> None:
-        """Notes the ids a training lookup of ``features`` touches (``distinct``: each listed once)."""
+    def _record(self, features: Sequence[str], ids: Sequence[torch.Tensor]) -> None:
+        """Notes the ids a training lookup of ``features`` touches (repeats allowed: one bit per row)."""
         if self._touched is not None and torch.is_grad_enabled() and self.training:
             for f, i in zip(features, ids):
                 rows = self._touched.get(table_name(f))
@@ -426,10 +426,10 @@ class ThresholdEmbeddingProvider(EmbeddingProvider):
         Records the touched ids either way."""
         if self.unique_fraction <= 0 or self._probe_in > 0:
             self._probe_in = max(0, self._probe_in - 1)
-            self._record(self.bag_features, values.split(batch), distinct=False)
+            self._record(self.bag_features, values.split(batch))
             return None
         distinct = unique_ids(values, self._row_offsets(batch, values), batch, self._id_workspace(values.device))
-        self._record(self.bag_features, distinct.per_feature(), distinct=True)
+        self._record(self.bag_features, distinct.per_feature())
         stride = self._dedup_stride(distinct, values.numel())
         if stride is None:
             self._probe_in = DEDUP_PROBE_EVERY - 1
@@ -458,7 +458,7 @@ class ThresholdEmbeddingProvider(EmbeddingProvider):
         """Bags: S of every id's row, weighted, summed (or averaged) per bag. [B, G, K]."""
         assert self.ec is not None
         if self._touched is not None and torch.is_grad_enabled() and self.training:
-            self._record(self.seq_features, kjt.values().split(kjt.length_per_key()), distinct=False)
+            self._record(self.seq_features, kjt.values().split(kjt.length_per_key()))
         looked_up = self.ec(kjt)
         jts = [looked_up[name] for name in self.seq_features]
         counts = [jt.values().size(0) for jt in jts]
