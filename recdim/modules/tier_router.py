@@ -25,6 +25,7 @@ from torch import nn
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
 from recdim.layout.tier_routing import TierRouting
+from recdim.native import native_ops_available
 
 
 @dataclass
@@ -102,6 +103,8 @@ class TierRouter(nn.Module):
     def forward(
         self, rows: torch.Tensor, lengths: torch.Tensor, weights: Optional[torch.Tensor], batch_size: int
     ) -> RoutedBatch:
+        if rows.device.type == "cpu" and rows.dtype == torch.int32 and native_ops_available():
+            return self._native(rows, lengths, weights, batch_size)
         F, Q, B, T = self._F, self._Q, batch_size, len(self._keys)
         device = rows.device
         new_lengths, local, new_weights, _, _ = torch.ops.fbgemm.block_bucketize_sparse_features(
@@ -169,3 +172,34 @@ class TierRouter(nn.Module):
             0, pos, self.map_base.index_select(0, slot) + self.map_stride.index_select(0, slot) * values.to(torch.int64)
         )
         return RoutedBatch(features, out_row.view(T, S), map_row.view(T, S), B * F, max_length)
+
+    def _native(
+        self, rows: torch.Tensor, lengths: torch.Tensor, weights: Optional[torch.Tensor], batch_size: int
+    ) -> RoutedBatch:
+        """The same batch from one native counting sort (``torch.ops.recdim.tier_route``)."""
+        local, bag_lengths, new_weights, out_row, map_row, counts = torch.ops.recdim.tier_route(
+            rows,
+            lengths.contiguous(),
+            weights,
+            self.boundaries,
+            self.slot_of,
+            self.pooled,
+            self.map_base,
+            self.map_stride,
+            batch_size,
+        )
+        host = counts.tolist()
+        max_length, S, length_per_key = host[0], host[1], host[2:]
+        offset_per_key = [0]
+        for length in length_per_key:
+            offset_per_key.append(offset_per_key[-1] + length)
+        features = KeyedJaggedTensor(
+            keys=self._keys,
+            values=local,
+            lengths=bag_lengths,
+            weights=new_weights if weights is not None else None,
+            stride=S,
+            length_per_key=length_per_key,
+            offset_per_key=offset_per_key,
+        )
+        return RoutedBatch(features, out_row, map_row, batch_size * self._F, max_length)

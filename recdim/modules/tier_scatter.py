@@ -29,8 +29,8 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import torch
 from torch import nn
 
-from recdim.layout.tier_plan import smallest_int_dtype
 from recdim.layout.tier_routing import PAD_OFFSET, TierRouting
+from recdim.native import native_ops_available
 
 MAX_RUNS = 2
 """Slots whose rows share one map of at most this many contiguous column runs scatter as row blocks."""
@@ -108,9 +108,25 @@ class _Scatter(torch.autograd.Function):
         map_row: torch.Tensor,
         scatter: "TierScatter",
         pieces: List[ScatterPiece],
+        slot_column: Optional[torch.Tensor],
         num_rows: int,
         accumulate: bool,
     ) -> torch.Tensor:
+        ctx.save_for_backward(rows, map_row)
+        ctx.scatter, ctx.pieces, ctx.width, ctx.slot_column = scatter, pieces, values.size(1), slot_column
+        if slot_column is not None:
+            return torch.ops.recdim.tier_scatter(
+                values,
+                rows,
+                map_row,
+                slot_column,
+                scatter.slot_width,
+                scatter.slot_map_base,
+                scatter.flat_maps,
+                num_rows,
+                scatter.embedding_dim,
+                accumulate,
+            )
         S, K = values.size(0), scatter.embedding_dim
         out = values.new_zeros(num_rows + 1, K)  # last row: the sink
         for p in pieces:
@@ -124,14 +140,24 @@ class _Scatter(torch.autograd.Function):
                 src = values.narrow(1, p.first_column + (k - p.first_slot) * p.width, p.width)
                 spread = values.new_zeros(S, K).scatter_(1, scatter.columns(p.width, map_row[k]), src)
                 out.index_add_(0, rows[k], spread) if accumulate else out.index_copy_(0, rows[k], spread)
-        ctx.save_for_backward(rows, map_row)
-        ctx.scatter, ctx.pieces, ctx.width = scatter, pieces, values.size(1)
         return out.narrow(0, 0, num_rows)
 
     @staticmethod
     def backward(ctx: Any, grad: torch.Tensor) -> Tuple[Optional[torch.Tensor], ...]:
         rows, map_row = ctx.saved_tensors
         scatter = ctx.scatter
+        if ctx.slot_column is not None:
+            out = torch.ops.recdim.tier_scatter_backward(
+                grad,
+                rows,
+                map_row,
+                ctx.slot_column,
+                scatter.slot_width,
+                scatter.slot_map_base,
+                scatter.flat_maps,
+                ctx.width,
+            )
+            return out, None, None, None, None, None, None, None
         S = rows.size(1)
         grad = grad.contiguous()
         rows = rows.clamp(max=grad.size(0) - 1)  # padding bags are empty: their gradient is dropped
@@ -157,7 +183,7 @@ class _Scatter(torch.autograd.Function):
                 if p.padded:
                     g.masked_fill_(scatter.padding(p.width, map_row[k]), 0.0)
                 dst.copy_(g)
-        return out, None, None, None, None, None, None
+        return out, None, None, None, None, None, None, None
 
 
 def _slot_major(values: torch.Tensor, p: ScatterPiece, S: int) -> torch.Tensor:
@@ -214,19 +240,50 @@ class TierScatter(nn.Module):
                 runs = found if len(found) <= MAX_RUNS else None
             self._runs.append(runs)
             self._padded.append(not bool(own_valid.all()))
-        dtype = smallest_int_dtype(0, K)
+        # One flat buffer of every width's maps, padding slots encoded as -1 - (their filled column).
+        dtype = torch.int8 if K <= 128 else torch.int16
+        offsets: Dict[int, int] = {}
+        parts: List[torch.Tensor] = []
+        base = 0
         for w, (cols, valid) in filled.items():
-            self.register_buffer(f"maps_w{w}", cols.to(dtype).to(device), persistent=False)
-            self.register_buffer(f"padding_w{w}", valid.logical_not().to(device), persistent=False)
+            offsets[w] = base
+            parts.append(torch.where(valid, cols, -1 - cols).to(dtype).reshape(-1))
+            base += parts[-1].numel()
+        self._map_offset = offsets
+        self._map_rows = {w: cols.size(0) for w, (cols, _) in filled.items()}
+        flat = torch.cat(parts) if parts else torch.zeros(0, dtype=dtype)
+        self.register_buffer("flat_maps", flat.to(device), persistent=False)
+        self.register_buffer("slot_width", torch.tensor(self._width_of, dtype=torch.int64).to(device), persistent=False)
+        self.register_buffer(
+            "slot_map_base",
+            torch.tensor([offsets[w] for w in self._width_of], dtype=torch.int64).to(device),
+            persistent=False,
+        )
         self._pieces: Dict[Tuple[int, ...], List[ScatterPiece]] = {}
+        self._slot_column: Dict[Tuple[int, ...], torch.Tensor] = {}
+
+    def _maps(self, width: int, map_row: torch.Tensor) -> torch.Tensor:
+        """``[map_row.numel(), w]`` encoded map rows (``-1 - column`` on padding slots)."""
+        start = self._map_offset[width]
+        end = start + self._map_rows[width] * width
+        return self.flat_maps[start:end].view(-1, width).index_select(0, map_row.reshape(-1))
 
     def columns(self, width: int, map_row: torch.Tensor) -> torch.Tensor:
-        """``[*map_row.shape, w]`` int64 output columns of the bags whose map rows are ``map_row``."""
-        return getattr(self, f"maps_w{width}").index_select(0, map_row.reshape(-1)).to(torch.int64)
+        """``[map_row.numel(), w]`` int64 output columns of the bags whose map rows are ``map_row``."""
+        m = self._maps(width, map_row).to(torch.int64)
+        return torch.where(m < 0, -1 - m, m)
 
     def padding(self, width: int, map_row: torch.Tensor) -> torch.Tensor:
         """``[map_row.numel(), w]`` bool: True for the padding slots of the bags whose map rows are ``map_row``."""
-        return getattr(self, f"padding_w{width}").index_select(0, map_row.reshape(-1))
+        return self._maps(width, map_row) < 0
+
+    def slot_column(self, slot_columns: Sequence[int]) -> torch.Tensor:
+        """``[T]`` int64 ``slot_columns`` as a tensor (cached per layout)."""
+        key = tuple(slot_columns)
+        found = self._slot_column.get(key)
+        if found is None:
+            found = self._slot_column[key] = torch.tensor(key, dtype=torch.int64, device=self.flat_maps.device)
+        return found
 
     def pieces(self, slot_columns: Sequence[int]) -> List[ScatterPiece]:
         """The pieces for a collection output whose slot k starts at ``slot_columns[k]`` (cached per layout)."""
@@ -260,4 +317,6 @@ class TierScatter(nn.Module):
     ) -> torch.Tensor:
         if values.size(1) != sum(self._width_of):
             raise ValueError(f"values have {values.size(1)} columns, the tier slots {sum(self._width_of)}")
-        return _Scatter.apply(values, rows, map_row, self, self.pieces(slot_columns), num_rows, accumulate)
+        native = values.device.type == "cpu" and values.dtype == torch.float32 and native_ops_available()
+        column = self.slot_column(slot_columns) if native else None
+        return _Scatter.apply(values, rows, map_row, self, self.pieces(slot_columns), column, num_rows, accumulate)

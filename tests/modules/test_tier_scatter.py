@@ -1,14 +1,24 @@
-"""TierScatter equals a plain per-bag loop over column maps, forward and backward, for both scatter kinds;
-padding slots get zero gradient."""
+"""TierScatter equals a plain per-bag loop over column maps, forward and backward, for both scatter kinds, on
+the native kernels and on the eager path; padding slots get zero gradient."""
 
 import pytest
 import torch
 
 from recdim.layout.tier_routing import PAD_OFFSET, TierRouting
 from recdim.modules.tier_scatter import MAX_RUNS, TierScatter, column_runs, fill_padding
+from recdim.native import native_ops_available
 from recdim.prune.planner import PlannerConfig, plan_tables
 
 K = 8
+
+
+@pytest.fixture(params=["native", "eager"])
+def path(request, monkeypatch):
+    if request.param == "native" and not native_ops_available():
+        pytest.skip("native kernels unavailable")
+    if request.param == "eager":
+        monkeypatch.setenv("RECDIM_NATIVE", "0")
+    return request.param
 
 
 def test_fill_padding_uses_unkept_columns():
@@ -23,7 +33,7 @@ def test_column_runs():
     assert column_runs([-1, -1]) == ()
 
 
-def _routing():
+def _routing(K=K):
     g = torch.Generator().manual_seed(0)
     masks = {
         "a": torch.rand(30, K, generator=g) < 0.5,  # per-row maps
@@ -35,9 +45,10 @@ def _routing():
     return TierRouting.build(plan_tables(masks, PlannerConfig(max_tiers=3)), set(), K)
 
 
+@pytest.mark.parametrize("K", [K, 136])  # int8 / int16 flat maps
 @pytest.mark.parametrize("accumulate", [False, True])
-def test_scatter_matches_per_bag_loop(accumulate):
-    routing = _routing()
+def test_scatter_matches_per_bag_loop(accumulate, K, path):
+    routing = _routing(K)
     scatter = TierScatter(routing)
     assert {p.runs is None for p in scatter.pieces(_columns(routing))} == {True, False}  # both kinds run
     assert any(r is not None and len(r) <= MAX_RUNS for r in scatter._runs)
