@@ -113,6 +113,7 @@ LAYERS = (
     "config_io",
     "config",
     "layout",
+    "native",
     "data",
     "modules",
     "models",
