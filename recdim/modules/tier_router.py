@@ -151,17 +151,8 @@ class TierRouter(nn.Module):
         else:
             bag_lengths = (torch.arange(S, device=device).unsqueeze(0) < bags.unsqueeze(1)).to(torch.int32).view(-1)
         values = local[:n]
-        offset_per_key = [0]
-        for length in length_per_key:
-            offset_per_key.append(offset_per_key[-1] + length)
-        features = KeyedJaggedTensor(
-            keys=self._keys,
-            values=values,
-            lengths=bag_lengths,
-            weights=new_weights[:n] if new_weights is not None else None,
-            stride=S,
-            length_per_key=length_per_key,
-            offset_per_key=offset_per_key,
+        features = self._features(
+            values, bag_lengths, new_weights[:n] if new_weights is not None else None, S, length_per_key
         )
 
         # Where each bag goes: its output row, and its map row.
@@ -190,16 +181,27 @@ class TierRouter(nn.Module):
         )
         host = counts.tolist()
         max_length, S, length_per_key = host[0], host[1], host[2:]
+        features = self._features(local, bag_lengths, new_weights if weights is not None else None, S, length_per_key)
+        return RoutedBatch(features, out_row, map_row, batch_size * self._F, max_length)
+
+    def _features(
+        self,
+        values: torch.Tensor,
+        lengths: torch.Tensor,
+        weights: Optional[torch.Tensor],
+        stride: int,
+        length_per_key: List[int],
+    ) -> KeyedJaggedTensor:
+        """The tier collection's KJT: slot keys, ``stride`` bags each, ``length_per_key`` ids per slot."""
         offset_per_key = [0]
         for length in length_per_key:
             offset_per_key.append(offset_per_key[-1] + length)
-        features = KeyedJaggedTensor(
+        return KeyedJaggedTensor(
             keys=self._keys,
-            values=local,
-            lengths=bag_lengths,
-            weights=new_weights if weights is not None else None,
-            stride=S,
+            values=values,
+            lengths=lengths,
+            weights=weights,
+            stride=stride,
             length_per_key=length_per_key,
             offset_per_key=offset_per_key,
         )
-        return RoutedBatch(features, out_row, map_row, batch_size * self._F, max_length)
