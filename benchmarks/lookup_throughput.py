@@ -15,7 +15,9 @@ update (``fwd_bwd``), on the same batches, their steps interleaved so that they 
 
 - ``uniform``: the K-wide tables, sharded through ``shard_model`` in one gloo process;
 - ``tiered``: :class:`~recdim.modules.tiered.TieredEmbeddingProvider` over the planned tiers, sharded the
-  same way (remap, routing, one pooled lookup of every tier table, scatter into ``[B, F, K]``);
+  same way. Forward + backward routes the ids (remap, routing, one pooled lookup of every tier table, scatter
+  into ``[B, F, K]``); the no-grad forward reads the one process's tier tables in place in one native pass
+  (``"lookup": "one_pass"`` in the row; ``"routed"`` where the native kernels are unavailable);
 - ``ideal``: one plain FBGEMM TBE holding the same tier tables (per-table widths, sum pooling), fed ids
   already remapped and grouped per tier as the tier collection reads them — the floor a mixed-width lookup
   can reach; its output is the ``[S, sum of tier widths]`` pooled block, not ``[B, F, K]``.
@@ -278,6 +280,7 @@ def main() -> None:
                 plan_s = time.perf_counter() - t0
                 provider = TieredEmbeddingProvider(plans, device=torch.device("meta"))
                 tiered = shard_model(Net(provider), cfg, ctx)
+                one_pass = provider.one_pass_available()
                 ideal = IdealTBE(provider)
                 routed = [IdealTBE.route(provider, b) for b in batches]
                 costs = [lookup_cost(b, plans, K) for b in measured]
@@ -330,6 +333,10 @@ def main() -> None:
                         )
                         if kind != "uniform":
                             row.update(tier_info, bytes_by_kind=per_kind)
+                        if kind == "tiered":
+                            # no-grad forward: one pass over the local tier tables where it can; with grad:
+                            # route, collection, scatter
+                            row["lookup"] = "one_pass" if not back and one_pass else "routed"
                         if kind != "ideal":
                             r = uniform_read if kind == "uniform" else read
                             row.update(effective_gb_per_s=r / sec / 1e9, effective_gb_per_cpu_s=r / cpu / 1e9)
@@ -350,6 +357,7 @@ def main() -> None:
                                         "speedup_vs_uniform",
                                         "lookup_width",
                                         "stride",
+                                        "lookup",
                                     )
                                 }
                             ),

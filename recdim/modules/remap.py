@@ -12,6 +12,9 @@ from recdim.layout.tier_routing import DROPPED_END, TierRouting
 
 DENSE, RUNS = "dense", "runs"
 
+RUN_BLOCK = 64
+"""Ids per entry of a run remap's block directory (the native lookup's search range)."""
+
 
 def _split_runs(plan: TablePlan) -> Tuple[torch.Tensor, torch.Tensor]:
     """The plan's runs cut at its tier offsets, so that each run lies inside one tier (or is dropped).
@@ -71,6 +74,9 @@ class TierRemap(nn.Module):
         starts: List[torch.Tensor] = []
         deltas: List[torch.Tensor] = []
         size = {DENSE: 0, RUNS: 0}
+        per_feature: List[List[int]] = []  # kind, id offset, ids, first run, end run, directory offset
+        directory: List[torch.Tensor] = []
+        runs = directory_size = 0
         for fi, (p, kind) in enumerate(zip(plans, kinds)):
             offsets.append(size[kind])
             if kind == DENSE:
@@ -80,6 +86,16 @@ class TierRemap(nn.Module):
                 rows = routing.renumber(fi, p, b)
                 starts.append(s + size[kind])
                 deltas.append(rows - (s + size[kind]))
+            first, dir_offset = runs, directory_size
+            if kind == RUNS:
+                runs += s.numel()
+                # The run holding the first id of every block of RUN_BLOCK ids, and the feature's last run: a
+                # lookup searches only the runs of its id's block.
+                block_starts = torch.arange(0, p.num_embeddings, RUN_BLOCK, dtype=torch.int64)
+                entry = torch.searchsorted(s, block_starts, right=True) - 1 + first
+                directory.append(torch.cat([entry, torch.tensor([runs - 1])]))
+                directory_size += directory[-1].numel()
+            per_feature.append([int(kind == RUNS), size[kind], p.num_embeddings, first, runs, dir_offset])
             size[kind] += p.num_embeddings
         self._segments: List[Tuple[int, int, str]] = []  # (first feature, end feature, kind)
         for fi, kind in enumerate(kinds):
@@ -93,6 +109,10 @@ class TierRemap(nn.Module):
             self.register_buffer(name, value.to(dtype=dtype, device=device), persistent=False)
 
         buf("id_offsets", [torch.tensor(offsets, dtype=torch.int64)], torch.int64)
+        # The native one-pass lookup remaps from these: [F, 6] int64 per feature (run remap (1) or dense (0), id
+        # offset, ids, first and end run, offset of its block directory), and the run directories.
+        buf("features", [torch.tensor(per_feature, dtype=torch.int64).view(-1, 6)], torch.int64)
+        buf("run_directory", directory, torch.int64)
         buf("dense", dense, torch.int32)
         buf("run_starts", starts, torch.int64)
         buf("run_deltas", deltas, torch.int64)

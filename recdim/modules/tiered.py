@@ -26,6 +26,7 @@ from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import torch
 from torch import nn
+from torch.distributed._shard.sharded_tensor import ShardedTensor
 from torchrec.modules.embedding_modules import EmbeddingBagCollection
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor, KeyedTensor
 
@@ -37,6 +38,7 @@ from recdim.modules.provider import EmbeddingProvider
 from recdim.modules.remap import TierRemap
 from recdim.modules.tier_router import TierRouter
 from recdim.modules.tier_scatter import TierScatter
+from recdim.native import native_ops_available
 
 
 class TieredEmbeddingProvider(EmbeddingProvider):
@@ -96,6 +98,7 @@ class TieredEmbeddingProvider(EmbeddingProvider):
         self.routing = TierRouting.build(self.plans, set(multi_valued), self._embedding_dim)
         slot_tiers: List[TierPlan] = [self.plans[s.feature].tiers[s.tier] for s in self.routing.slots]
         self.ebc: Optional[EmbeddingBagCollection] = None
+        self._slot_tables = [t.name for t in slot_tiers]
         if slot_tiers:
             self.ebc = EmbeddingBagCollection(
                 tables=[t.embedding_bag_config() for t in slot_tiers], is_weighted=is_weighted, device=device
@@ -106,6 +109,7 @@ class TieredEmbeddingProvider(EmbeddingProvider):
         # The scatter holds its own narrow copy of the column maps; the routing's int32 maps are not kept.
         self.routing = dataclasses.replace(self.routing, maps={})
         self._columns: Optional[Tuple[Tuple[str, ...], List[int]]] = None
+        self._local: Optional[Tuple[nn.Module, Optional[List[torch.Tensor]]]] = None
 
     @classmethod
     def from_masked_weights(
@@ -171,6 +175,33 @@ class TieredEmbeddingProvider(EmbeddingProvider):
             self._columns = (keys, [start[k] for k in self.router.keys])
         return self._columns[1]
 
+    def _fused_tables(self, lengths: torch.Tensor) -> Optional[List[torch.Tensor]]:
+        """Every slot's whole tier table in this process, in slot order, when the one-pass lookup
+        (``torch.ops.recdim.tier_lookup``) may serve this call; else None.
+
+        It may when no gradient is wanted (``torch.no_grad()``, or unsharded tables that do not require one),
+        on the CPU with the native kernels, and every tier table is whole here: unsharded, or sharded into this
+        one process (DistributedModelParallel with one rank; its fused tables are read in place).
+        """
+        if self.ebc is None or lengths.device.type != "cpu" or not native_ops_available():
+            return None
+        if isinstance(self.ebc, EmbeddingBagCollection):
+            tables = [self.ebc.embedding_bags[name].weight for name in self._slot_tables]
+            if torch.is_grad_enabled() and any(t.requires_grad for t in tables):
+                return None
+            return [t.detach() for t in tables] if all(t.dtype == torch.float32 for t in tables) else None
+        if torch.is_grad_enabled():
+            return None
+        if self._local is None or self._local[0] is not self.ebc:
+            self._local = (self.ebc, local_tables(self.ebc, self._slot_tables))
+        return self._local[1]
+
+    def one_pass_available(self) -> bool:
+        """Whether a no-grad CPU call takes the one-pass lookup here (native kernels built, every tier table
+        whole in this process)."""
+        with torch.no_grad():
+            return self._fused_tables(torch.zeros(0, dtype=torch.int32)) is not None
+
     def forward(self, features: KeyedJaggedTensor) -> KeyedTensor:
         names = self._feature_names
         features = self.ordered_features(features)
@@ -179,8 +210,32 @@ class TieredEmbeddingProvider(EmbeddingProvider):
         weights = features.weights_or_none() if self.is_weighted else None
         if self.is_weighted and weights is None:
             raise ValueError("this provider is weighted: the KJT needs per-value weights")
+        fused = self._fused_tables(lengths)
         if self.ebc is None:
             out = torch.zeros(B, F * K, device=lengths.device)
+        elif fused is not None:
+            remap = self.remap
+            out = torch.ops.recdim.tier_lookup(
+                features.values(),
+                lengths,
+                weights,
+                remap.features,
+                remap.dense,
+                remap.run_starts,
+                remap.run_deltas,
+                remap.run_directory,
+                self.router.boundaries,
+                self.router.slot_of,
+                fused,
+                self.router.map_base,
+                self.router.map_stride,
+                self.scatter.slot_map_base,
+                self.scatter.flat_maps,
+                B,
+                K,
+                self.pooling == "mean",
+            )
+            return KeyedTensor(keys=names, length_per_key=[K] * F, values=out.view(B, F * K))
         else:
             rows = self.remap(features.values(), features.length_per_key())
             batch = self.router(rows, lengths, weights, B)
@@ -194,6 +249,35 @@ class TieredEmbeddingProvider(EmbeddingProvider):
                 B, F * K
             )
         return KeyedTensor(keys=names, length_per_key=[K] * F, values=out)
+
+
+def local_tables(ebc: nn.Module, keys: Sequence[str]) -> Optional[List[torch.Tensor]]:
+    """The tables ``keys`` of a sharded collection as whole float32 tensors in this process, viewing its
+    storage (a fused kernel's weights are read in place), or None when some table is not whole here.
+
+    Args:
+        ebc: a (sharded) EmbeddingBagCollection.
+        keys: table names, in the order wanted.
+
+    Example::
+
+        tables = local_tables(dmp.module.provider.ebc, ["t_user__tier0", "t_user__tier1"])   # one rank
+    """
+    found: Dict[str, torch.Tensor] = {}
+    for key, value in ebc.state_dict().items():
+        if not key.startswith("embedding_bags.") or not key.endswith(".weight"):
+            continue
+        name = key[len("embedding_bags.") : -len(".weight")]
+        if isinstance(value, ShardedTensor):
+            shards = value.local_shards()
+            if len(shards) != 1 or list(shards[0].metadata.shard_sizes) != list(value.size()):
+                return None
+            value = shards[0].tensor
+        found[name] = value
+    tables = [found.get(k) for k in keys]
+    if any(t is None or t.dtype != torch.float32 or t.device.type != "cpu" for t in tables):
+        return None
+    return tables  # type: ignore[return-value]
 
 
 def tiered_provider_factory(

@@ -17,14 +17,14 @@ from typing import Optional
 
 import torch
 
-_SOURCES = [Path(__file__).parent / "csrc" / "tier_ops.cpp"]
+_SOURCES = [Path(__file__).parent / "csrc" / name for name in ("tier_ops.cpp", "tier_lookup.cpp")]
 _lock = threading.Lock()
 _state: Optional[bool] = None
 
 
 def native_ops_available() -> bool:
-    """Whether the ops ``torch.ops.recdim.tier_scatter``, ``tier_scatter_backward`` and ``tier_route`` are
-    loaded (building them on first call).
+    """Whether the ops ``torch.ops.recdim.tier_scatter``, ``tier_scatter_backward``, ``tier_route`` and
+    ``tier_lookup`` are loaded (building them on first call).
 
     Returns False, once with a warning naming the cause, when the build fails; always False with
     ``RECDIM_NATIVE=0``.
@@ -45,7 +45,7 @@ def native_ops_available() -> bool:
     return _state
 
 
-_OPS = ("tier_scatter", "tier_scatter_backward", "tier_route")
+_OPS = ("tier_scatter", "tier_scatter_backward", "tier_route", "tier_lookup")
 
 
 def _loaded() -> bool:
