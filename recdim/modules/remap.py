@@ -12,7 +12,7 @@ from recdim.layout.tier_routing import DROPPED_END, TierRouting
 
 DENSE, RUNS = "dense", "runs"
 
-RUN_BLOCK = 64
+RUN_BLOCK = 16
 """Ids per entry of a run remap's block directory (the native lookup's search range)."""
 
 

@@ -270,7 +270,7 @@ def local_tables(ebc: nn.Module, keys: Sequence[str]) -> Optional[List[torch.Ten
         name = key[len("embedding_bags.") : -len(".weight")]
         if isinstance(value, ShardedTensor):
             shards = value.local_shards()
-            if len(shards) != 1 or list(shards[0].metadata.shard_sizes) != list(value.size()):
+            if len(shards) != 1 or list(shards[0].metadata.shard_sizes) != list(value.metadata().size):
                 return None
             value = shards[0].tensor
         found[name] = value

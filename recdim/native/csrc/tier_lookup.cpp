@@ -29,6 +29,8 @@ namespace {
 
 // Ids ahead (in output order) whose tier rows and maps are prefetched.
 constexpr int64_t kLookAhead = 16;
+// Ids ahead (in KJT order) whose remap entries are prefetched.
+constexpr int64_t kRemapAhead = 16;
 
 inline void prefetch_bytes(const void* p, int64_t bytes) {
   const char* c = static_cast<const char*>(p);
@@ -48,7 +50,7 @@ struct IdRef {
 // block directory: the run holding the first id of every block of kRunBlock ids, then its last run
 // (TierRemap.features / run_directory).
 constexpr int64_t kFeatureFields = 6;
-constexpr int64_t kRunBlockShift = 6;  // TierRemap's RUN_BLOCK = 64
+constexpr int64_t kRunBlockShift = 4;  // TierRemap's RUN_BLOCK = 16
 
 // offsets: [F * B + 1] id offsets of the KJT's bags (feature-major); out_offsets: [B * F + 1] the same bags'
 // id offsets in output row order (r = b * F + f), where the ids are laid out for pass 2.
@@ -61,10 +63,11 @@ void lookup_impl(const I* ids, const int64_t* offsets, const int64_t* out_offset
                  const int64_t* slot_map_base, const M* maps, int64_t F, int64_t B, int64_t K, bool mean,
                  float* out) {
   const int64_t Q = E - 2, n = offsets[F * B];
-  std::vector<IdRef<M>> ref(static_cast<size_t>(n));
+  // Reused across calls (per calling thread): a fresh buffer would be zeroed and page-faulted every batch.
+  static thread_local std::vector<IdRef<M>> ref;
+  if (ref.size() < static_cast<size_t>(n)) ref.resize(static_cast<size_t>(n));
   // Pass 1, in KJT order (feature after feature): remap every id and find its slot and local row, kept as
-  // pointers at the id's place in output order; no table memory is touched. Dense remap entries a few ids
-  // ahead are prefetched.
+  // pointers at the id's place in output order; no table memory is touched.
   at::parallel_for(0, F, 1, [&](int64_t f0, int64_t f1) {
     for (int64_t f = f0; f < f1; ++f) {
       const int64_t* fe = feat + f * kFeatureFields;
@@ -82,13 +85,31 @@ void lookup_impl(const I* ids, const int64_t* offsets, const int64_t* out_offset
                       num_ids, ")");
           const int64_t key = id + id_offset;
           int32_t v;
+          // Remap reads a few ids ahead are prefetched: dense entries; for runs, the block directory entry
+          // 2 * kRemapAhead ids ahead, then the runs (starts, deltas) it points to kRemapAhead ids ahead.
           if (runs) {
+            if (i + 2 * kRemapAhead < end_f) {
+              const int64_t ahead = static_cast<int64_t>(ids[i + 2 * kRemapAhead]);
+              if (ahead >= 0 && ahead < num_ids) __builtin_prefetch(dir + (ahead >> kRunBlockShift), 0, 1);
+            }
+            if (i + kRemapAhead < end_f) {
+              const int64_t ahead = static_cast<int64_t>(ids[i + kRemapAhead]);
+              if (ahead >= 0 && ahead < num_ids) {
+                const int64_t lo = dir[ahead >> kRunBlockShift], hi = dir[(ahead >> kRunBlockShift) + 1];
+                __builtin_prefetch(run_starts + lo, 0, 1);
+                __builtin_prefetch(run_deltas + lo, 0, 1);
+                if (hi - lo >= 8) {
+                  __builtin_prefetch(run_starts + hi, 0, 1);
+                  __builtin_prefetch(run_deltas + hi, 0, 1);
+                }
+              }
+            }
             const int64_t blk = id >> kRunBlockShift;
             const int64_t* at = std::upper_bound(run_starts + dir[blk], run_starts + dir[blk + 1] + 1, key) - 1;
             v = static_cast<int32_t>(key + run_deltas[at - run_starts]);
           } else {
-            if (i + 16 < end_f) {
-              const int64_t ahead = static_cast<int64_t>(ids[i + 16]);
+            if (i + kRemapAhead < end_f) {
+              const int64_t ahead = static_cast<int64_t>(ids[i + kRemapAhead]);
               if (ahead >= 0 && ahead < num_ids) __builtin_prefetch(dense + id_offset + ahead, 0, 1);
             }
             v = dense[key];
