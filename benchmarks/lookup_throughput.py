@@ -15,14 +15,17 @@ update (``fwd_bwd``), on the same batches, their steps interleaved so that they 
 
 - ``uniform``: the K-wide tables, sharded through ``shard_model`` in one gloo process;
 - ``tiered``: :class:`~recdim.modules.tiered.TieredEmbeddingProvider` over the planned tiers, sharded the
-  same way. Forward + backward routes the ids (remap, routing, one pooled lookup of every tier table, scatter
-  into ``[B, F, K]``); the no-grad forward reads the one process's tier tables in place in one native pass
-  (``"lookup": "one_pass"`` in the row; ``"routed"`` where the native kernels are unavailable);
+  same way. With the native kernels and one process, the forward reads the tier rows in place in one pass
+  into ``[B, F, K]`` and the backward updates the fused kernels' tables and optimizer state in place
+  (``"lookup": "one_pass"`` / ``"one_pass_train"`` in the row); otherwise ids are routed (remap, routing, one
+  pooled lookup of every tier table, scatter; ``"routed"``);
 - ``ideal``: one plain FBGEMM TBE holding the same tier tables (per-table widths, sum pooling), fed ids
   already remapped and grouped per tier as the tier collection reads them — the floor a mixed-width lookup
   can reach; its output is the ``[S, sum of tier widths]`` pooled block, not ``[B, F, K]``.
 
-Every model multiplies its output by one dense parameter and the loss is its mean square. One JSON row per
+Every model multiplies its output by one dense parameter and the loss is its mean square. The sharded models
+run without their DDP wrapper (with one process it only copies the output), so that all three share one
+harness. One JSON row per
 (lookup, K, pattern, rate, mode)::
 
     {"bench": "lookup_throughput", "provider": "tiered", "embedding_dim": 32, "pattern": "blocks",
@@ -280,7 +283,7 @@ def main() -> None:
                 plan_s = time.perf_counter() - t0
                 provider = TieredEmbeddingProvider(plans, device=torch.device("meta"))
                 tiered = shard_model(Net(provider), cfg, ctx)
-                one_pass = provider.one_pass_available()
+                one_pass = provider.one_pass_available() and provider.one_pass_training_available()
                 ideal = IdealTBE(provider)
                 routed = [IdealTBE.route(provider, b) for b in batches]
                 costs = [lookup_cost(b, plans, K) for b in measured]
@@ -306,10 +309,12 @@ def main() -> None:
                 }
                 for mode in ("fwd", "fwd_bwd"):
                     back = mode == "fwd_bwd"
+                    # Under one harness for all three: the sharded models without their DDP wrapper, which with
+                    # one process only copies the output (the ideal TBE has none).
                     times = interleaved(
                         {
-                            "uniform": step_fn(uniform, batches, back),
-                            "tiered": step_fn(tiered, batches, back),
+                            "uniform": step_fn(uniform.module, batches, back),
+                            "tiered": step_fn(tiered.module, batches, back),
                             "ideal": step_fn(ideal, routed, back),
                         },
                         args.steps,
@@ -334,9 +339,7 @@ def main() -> None:
                         if kind != "uniform":
                             row.update(tier_info, bytes_by_kind=per_kind)
                         if kind == "tiered":
-                            # no-grad forward: one pass over the local tier tables where it can; with grad:
-                            # route, collection, scatter
-                            row["lookup"] = "one_pass" if not back and one_pass else "routed"
+                            row["lookup"] = ("one_pass_train" if back else "one_pass") if one_pass else "routed"
                         if kind != "ideal":
                             r = uniform_read if kind == "uniform" else read
                             row.update(effective_gb_per_s=r / sec / 1e9, effective_gb_per_cpu_s=r / cpu / 1e9)

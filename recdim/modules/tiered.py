@@ -38,6 +38,7 @@ from recdim.modules.provider import EmbeddingProvider
 from recdim.modules.remap import TierRemap
 from recdim.modules.tier_router import TierRouter
 from recdim.modules.tier_scatter import TierScatter
+from recdim.modules.tier_training import FusedTierTables, fused_tier_tables, one_pass_train
 from recdim.native import native_ops_available
 
 
@@ -110,6 +111,7 @@ class TieredEmbeddingProvider(EmbeddingProvider):
         self.routing = dataclasses.replace(self.routing, maps={})
         self._columns: Optional[Tuple[Tuple[str, ...], List[int]]] = None
         self._local: Optional[Tuple[nn.Module, Optional[List[torch.Tensor]]]] = None
+        self._training: Optional[Tuple[nn.Module, Optional[FusedTierTables]]] = None
 
     @classmethod
     def from_masked_weights(
@@ -196,11 +198,32 @@ class TieredEmbeddingProvider(EmbeddingProvider):
             self._local = (self.ebc, local_tables(self.ebc, self._slot_tables))
         return self._local[1]
 
+    def _training_tables(self, lengths: torch.Tensor) -> Optional[FusedTierTables]:
+        """The tier tables of this one process's fused kernels when a training call may take the one-pass
+        lookup with an in-place update (:mod:`recdim.modules.tier_training`); else None."""
+        if (
+            self.ebc is None
+            or not torch.is_grad_enabled()
+            or isinstance(self.ebc, EmbeddingBagCollection)
+            or lengths.device.type != "cpu"
+            or not native_ops_available()
+        ):
+            return None
+        if self._training is None or self._training[0] is not self.ebc:
+            self._training = (self.ebc, fused_tier_tables(self.ebc, self._slot_tables))
+        return self._training[1]
+
     def one_pass_available(self) -> bool:
         """Whether a no-grad CPU call takes the one-pass lookup here (native kernels built, every tier table
         whole in this process)."""
         with torch.no_grad():
             return self._fused_tables(torch.zeros(0, dtype=torch.int32)) is not None
+
+    def one_pass_training_available(self) -> bool:
+        """Whether a training call (grad enabled, CPU) takes the one-pass lookup with its in-place update
+        (:mod:`recdim.modules.tier_training`) here."""
+        with torch.enable_grad():
+            return self._training_tables(torch.zeros(0, dtype=torch.int32)) is not None
 
     def forward(self, features: KeyedJaggedTensor) -> KeyedTensor:
         names = self._feature_names
@@ -211,11 +234,12 @@ class TieredEmbeddingProvider(EmbeddingProvider):
         if self.is_weighted and weights is None:
             raise ValueError("this provider is weighted: the KJT needs per-value weights")
         fused = self._fused_tables(lengths)
+        training = self._training_tables(lengths) if fused is None else None
         if self.ebc is None:
             out = torch.zeros(B, F * K, device=lengths.device)
-        elif fused is not None:
-            remap = self.remap
-            out = torch.ops.recdim.tier_lookup(
+        elif fused is not None or training is not None:
+            remap, router, scatter = self.remap, self.router, self.scatter
+            lookup = (
                 features.values(),
                 lengths,
                 weights,
@@ -224,17 +248,21 @@ class TieredEmbeddingProvider(EmbeddingProvider):
                 remap.run_starts,
                 remap.run_deltas,
                 remap.run_directory,
-                self.router.boundaries,
-                self.router.slot_of,
-                fused,
-                self.router.map_base,
-                self.router.map_stride,
-                self.scatter.slot_map_base,
-                self.scatter.flat_maps,
+                router.boundaries,
+                router.slot_of,
+                fused if training is None else training.weights,
+                router.map_base,
+                router.map_stride,
+                scatter.slot_map_base,
+                scatter.flat_maps,
                 B,
                 K,
                 self.pooling == "mean",
             )
+            if training is None:
+                out = torch.ops.recdim.tier_lookup(*lookup)
+            else:
+                out = one_pass_train(training, lookup, self.pooling == "mean")
             return KeyedTensor(keys=names, length_per_key=[K] * F, values=out.view(B, F * K))
         else:
             rows = self.remap(features.values(), features.length_per_key())

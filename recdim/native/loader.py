@@ -17,14 +17,14 @@ from typing import Optional
 
 import torch
 
-_SOURCES = [Path(__file__).parent / "csrc" / name for name in ("tier_ops.cpp", "tier_lookup.cpp")]
+_SOURCES = [Path(__file__).parent / "csrc" / name for name in ("tier_ops.cpp", "tier_lookup.cpp", "tier_update.cpp")]
 _lock = threading.Lock()
 _state: Optional[bool] = None
 
 
 def native_ops_available() -> bool:
-    """Whether the ops ``torch.ops.recdim.tier_scatter``, ``tier_scatter_backward``, ``tier_route`` and
-    ``tier_lookup`` are loaded (building them on first call).
+    """Whether the ops ``torch.ops.recdim.tier_scatter``, ``tier_scatter_backward``, ``tier_route``,
+    ``tier_lookup``, ``tier_lookup_keys`` and ``tier_update`` are loaded (building them on first call).
 
     Returns False, once with a warning naming the cause, when the build fails; always False with
     ``RECDIM_NATIVE=0``.
@@ -45,7 +45,7 @@ def native_ops_available() -> bool:
     return _state
 
 
-_OPS = ("tier_scatter", "tier_scatter_backward", "tier_route", "tier_lookup")
+_OPS = ("tier_scatter", "tier_scatter_backward", "tier_route", "tier_lookup", "tier_lookup_keys", "tier_update")
 
 
 def _loaded() -> bool:

@@ -2,10 +2,13 @@
 reference: pooled and per-id bags, dropped ids, a fully pruned feature, weights, mean pooling, int16 maps,
 and the tables of a one-rank DistributedModelParallel read in place after a training step."""
 
+import os
+
 import pytest
 import torch
 from torchrec import KeyedJaggedTensor
 
+from recdim.modules.tier_training import fused_tier_tables
 from recdim.modules.tiered import TieredEmbeddingProvider
 from recdim.native import native_ops_available
 from recdim.prune.planner import PlannerConfig, plan_tables
@@ -95,6 +98,73 @@ def test_fused_rejects_bad_input():
     bad[0] = SIZES["a"]  # the first value belongs to feature a (60 ids)
     with pytest.raises(RuntimeError, match="id 60 of feature 0 .* outside \\[0, 60\\)"):
         torch.ops.recdim.tier_lookup(bad, lengths, None, *remap, tables, *rest)
+
+
+class _Net(torch.nn.Module):
+    def __init__(self, plans, pooling="sum", weighted=False):
+        super().__init__()
+        self.provider = TieredEmbeddingProvider(plans, MULTI, pooling, weighted, device=torch.device("meta"))
+        self.scale = torch.nn.Parameter(torch.ones(1))
+
+    def forward(self, kjt):
+        return self.provider(kjt).values() * self.scale
+
+
+def _train(rank, world, native, optimizer, pooling, weighted):
+    """Three training steps on one rank, then a no-grad forward; returns outputs, tables, optimizer state."""
+    if not native:
+        os.environ["RECDIM_NATIVE"] = "0"
+    ctx = init_distributed("cpu")
+    plans, weights = setup()
+    cfg = TrainConfig(sharding="table_wise", embedding_optimizer=optimizer, embedding_lr=0.3, device="cpu")
+    dmp = shard_model(_Net(plans, pooling, weighted), cfg, ctx)
+    write_tier_tables(dmp, plans, weights)
+    optim = build_optimizer(dmp, cfg, ctx)
+    provider = dmp.module.provider
+    calls = _count_calls(provider.ebc)
+    proj = torch.randn(16, len(SIZES) * K, generator=torch.Generator().manual_seed(8))
+    outs = []
+    for step in range(3):
+        kjt = to_kjt(make_bags(16, seed=7 + step), range(16), weighted)
+        optim.zero_grad()
+        out = dmp(kjt)
+        (out * proj).sum().backward()
+        optim.step()
+        outs.append(out.detach())
+    with torch.no_grad():
+        outs.append(dmp(to_kjt(make_bags(16, seed=30), range(16), weighted)))
+    fused = fused_tier_tables(provider.ebc, provider._slot_tables)
+    assert fused is not None
+    return (
+        outs,
+        [w.clone() for w in fused.weights],
+        [m.clone() for m in fused.momenta],
+        dmp.module.scale.detach().clone(),
+        len(calls),
+    )
+
+
+@pytest.mark.multiprocess
+@pytest.mark.parametrize(
+    "optimizer,pooling,weighted",
+    [("sgd", "sum", False), ("rowwise_adagrad", "sum", False), ("rowwise_adagrad", "mean", True)],
+)
+def test_one_rank_training_equals_routed_training(optimizer, pooling, weighted):
+    """One rank: the one-pass forward and in-place update equal the routed path through TorchRec's fused
+    kernels (outputs, tables, row-wise Adagrad state, dense parameter) over three steps; atol 1e-5."""
+    (fast,) = run_ranks(1, _train, True, optimizer, pooling, weighted)
+    (slow,) = run_ranks(1, _train, False, optimizer, pooling, weighted)
+    assert fast[4] == 0, "the one-pass path should not call the collection"
+    if optimizer == "rowwise_adagrad":
+        assert all(bool(m.gt(0).any()) for m in fast[2] if m.numel())
+    assert slow[4] == 4, "without native kernels every call goes through the collection"
+    for a, b in zip(fast[0], slow[0]):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-5)
+    for a, b in zip(fast[1], slow[1]):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-5)
+    for a, b in zip(fast[2], slow[2]):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(fast[3], slow[3], rtol=0, atol=1e-5)
 
 
 def _one_rank(rank, world):

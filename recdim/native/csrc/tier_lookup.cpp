@@ -61,7 +61,7 @@ void lookup_impl(const I* ids, const int64_t* offsets, const int64_t* out_offset
                  const std::vector<const float*>& table, const std::vector<int64_t>& row_stride,
                  const std::vector<int64_t>& width, const int64_t* map_base, const int64_t* map_stride,
                  const int64_t* slot_map_base, const M* maps, int64_t F, int64_t B, int64_t K, bool mean,
-                 float* out) {
+                 float* out, const int64_t* row_offset, int32_t* keys, float* key_weights) {
   const int64_t Q = E - 2, n = offsets[F * B];
   // Reused across calls (per calling thread): a fresh buffer would be zeroed and page-faulted every batch.
   static thread_local std::vector<IdRef<M>> ref;
@@ -79,6 +79,8 @@ void lookup_impl(const I* ids, const int64_t* offsets, const int64_t* out_offset
       for (int64_t b = 0; b < B; ++b) {
         const int64_t i0 = offsets[f * B + b], i1 = offsets[f * B + b + 1];
         IdRef<M>* dst = ref.data() + out_offsets[b * F + f] - i0;
+        int32_t* key_dst = keys != nullptr ? keys + out_offsets[b * F + f] - i0 : nullptr;
+        float* weight_dst = key_weights != nullptr ? key_weights + out_offsets[b * F + f] - i0 : nullptr;
         for (int64_t i = i0; i < i1; ++i) {
           const int64_t id = static_cast<int64_t>(ids[i]);
           TORCH_CHECK(id >= 0 && id < num_ids, "id ", id, " of feature ", f, " (value ", i, ") is outside [0, ",
@@ -118,11 +120,14 @@ void lookup_impl(const I* ids, const int64_t* offsets, const int64_t* out_offset
           TORCH_CHECK(q >= 0 && q <= Q, "lookup row ", v, " of feature ", f, " is outside its buckets");
           const int64_t k = q == Q ? -1 : slot_of[q * F + f];
           const float wt = weights != nullptr ? weights[i] : 1.0f;
+          if (weight_dst != nullptr) weight_dst[i] = wt;
           if (k < 0) {
             dst[i] = {nullptr, nullptr, 0, wt};
+            if (key_dst != nullptr) key_dst[i] = -1;
             continue;
           }
           const int64_t local = v - b_f[q], w = width[k];
+          if (key_dst != nullptr) key_dst[i] = static_cast<int32_t>(row_offset[k] + local);
           dst[i] = {table[k] + local * row_stride[k],
                     maps + slot_map_base[k] + (map_base[k] + map_stride[k] * local) * w, static_cast<int32_t>(w), wt};
         }
@@ -174,12 +179,16 @@ void lookup_impl(const I* ids, const int64_t* offsets, const int64_t* out_offset
 #endif
 }
 
-at::Tensor tier_lookup(const at::Tensor& ids, const at::Tensor& lengths, const c10::optional<at::Tensor>& weights,
-                       const at::Tensor& features, const at::Tensor& dense, const at::Tensor& run_starts,
-                       const at::Tensor& run_deltas, const at::Tensor& run_directory, const at::Tensor& boundaries, const at::Tensor& slot_of,
-                       at::TensorList tables, const at::Tensor& map_base, const at::Tensor& map_stride,
-                       const at::Tensor& slot_map_base, const at::Tensor& maps, int64_t batch_size,
-                       int64_t embedding_dim, bool mean) {
+// The lookup; with keys_out, also every id's key (row_offset[slot] + local row, -1 dropped) in output order,
+// the bags' id offsets in output order and, for weighted ids, their weights in output order: what
+// tier_update needs.
+std::vector<at::Tensor> lookup(const at::Tensor& ids, const at::Tensor& lengths,
+                               const c10::optional<at::Tensor>& weights, const at::Tensor& features,
+                               const at::Tensor& dense, const at::Tensor& run_starts, const at::Tensor& run_deltas,
+                               const at::Tensor& run_directory, const at::Tensor& boundaries, const at::Tensor& slot_of,
+                               at::TensorList tables, const at::Tensor& map_base, const at::Tensor& map_stride,
+                               const at::Tensor& slot_map_base, const at::Tensor& maps, int64_t batch_size,
+                               int64_t embedding_dim, bool mean, bool keys_out) {
   TORCH_CHECK(ids.dim() == 1 && (ids.scalar_type() == at::kLong || ids.scalar_type() == at::kInt),
               "ids must be [n] int64 or int32");
   TORCH_CHECK(boundaries.dim() == 2 && boundaries.scalar_type() == at::kInt && boundaries.is_contiguous(),
@@ -250,13 +259,26 @@ at::Tensor tier_lookup(const at::Tensor& ids, const at::Tensor& lengths, const c
   }
   const at::Tensor v = ids.contiguous();
   at::Tensor out = at::empty({F * B, K}, lengths.options().dtype(at::kFloat));
+  const auto long_opts = lengths.options().dtype(at::kLong);
+  at::Tensor row_offset = at::empty({T + 1}, long_opts);
+  at::Tensor keys = at::empty({keys_out ? ids.size(0) : 0}, lengths.options().dtype(at::kInt));
+  at::Tensor key_weights =
+      at::empty({keys_out && wp != nullptr ? ids.size(0) : 0}, lengths.options().dtype(at::kFloat));
+  at::Tensor out_offsets = at::empty({keys_out ? F * B + 1 : 0}, long_opts);
+  int64_t* ro = row_offset.data_ptr<int64_t>();
+  ro[0] = 0;
+  for (int64_t k = 0; k < T; ++k) ro[k + 1] = ro[k] + tables[k].size(0);
+  TORCH_CHECK(!keys_out || ro[T] < (int64_t{1} << 31), "tier tables hold ", ro[T], " rows, more than int32 keys");
+  if (keys_out) std::copy(out_off.begin(), out_off.end(), out_offsets.data_ptr<int64_t>());
   auto run = [&](auto id_tag, auto map_tag) {
     using I = decltype(id_tag);
     using M = decltype(map_tag);
     lookup_impl<I, M>(v.data_ptr<I>(), off, out_off.data(), wp, fe, dense.data_ptr<int32_t>(), run_starts.data_ptr<int64_t>(),
                       run_deltas.data_ptr<int64_t>(), run_directory.data_ptr<int64_t>(), boundaries.data_ptr<int32_t>(), E, slot_of.data_ptr<int64_t>(),
                       table, stride, width, map_base.data_ptr<int64_t>(), map_stride.data_ptr<int64_t>(),
-                      slot_map_base.data_ptr<int64_t>(), maps.data_ptr<M>(), F, B, K, mean, out.data_ptr<float>());
+                      slot_map_base.data_ptr<int64_t>(), maps.data_ptr<M>(), F, B, K, mean, out.data_ptr<float>(), ro,
+                      keys_out ? keys.data_ptr<int32_t>() : nullptr,
+                      keys_out && wp != nullptr ? key_weights.data_ptr<float>() : nullptr);
   };
   const bool wide_ids = v.scalar_type() == at::kLong;
   if (maps.scalar_type() == at::kChar) {
@@ -264,7 +286,30 @@ at::Tensor tier_lookup(const at::Tensor& ids, const at::Tensor& lengths, const c
   } else {
     wide_ids ? run(int64_t{}, int16_t{}) : run(int32_t{}, int16_t{});
   }
-  return out;
+  return {out, keys, out_offsets, key_weights, row_offset};
+}
+
+at::Tensor tier_lookup(const at::Tensor& ids, const at::Tensor& lengths, const c10::optional<at::Tensor>& weights,
+                       const at::Tensor& features, const at::Tensor& dense, const at::Tensor& run_starts,
+                       const at::Tensor& run_deltas, const at::Tensor& run_directory, const at::Tensor& boundaries,
+                       const at::Tensor& slot_of, at::TensorList tables, const at::Tensor& map_base,
+                       const at::Tensor& map_stride, const at::Tensor& slot_map_base, const at::Tensor& maps,
+                       int64_t batch_size, int64_t embedding_dim, bool mean) {
+  return lookup(ids, lengths, weights, features, dense, run_starts, run_deltas, run_directory, boundaries, slot_of,
+                tables, map_base, map_stride, slot_map_base, maps, batch_size, embedding_dim, mean, false)[0];
+}
+
+std::vector<at::Tensor> tier_lookup_keys(const at::Tensor& ids, const at::Tensor& lengths,
+                                         const c10::optional<at::Tensor>& weights, const at::Tensor& features,
+                                         const at::Tensor& dense, const at::Tensor& run_starts,
+                                         const at::Tensor& run_deltas, const at::Tensor& run_directory,
+                                         const at::Tensor& boundaries, const at::Tensor& slot_of,
+                                         at::TensorList tables, const at::Tensor& map_base,
+                                         const at::Tensor& map_stride, const at::Tensor& slot_map_base,
+                                         const at::Tensor& maps, int64_t batch_size, int64_t embedding_dim,
+                                         bool mean) {
+  return lookup(ids, lengths, weights, features, dense, run_starts, run_deltas, run_directory, boundaries, slot_of,
+                tables, map_base, map_stride, slot_map_base, maps, batch_size, embedding_dim, mean, true);
 }
 
 }  // namespace
@@ -274,6 +319,14 @@ TORCH_LIBRARY_FRAGMENT(recdim, m) {
       "tier_lookup(Tensor ids, Tensor lengths, Tensor? weights, Tensor features, Tensor dense, Tensor run_starts, "
       "Tensor run_deltas, Tensor run_directory, Tensor boundaries, Tensor slot_of, Tensor[] tables, Tensor map_base, Tensor map_stride, "
       "Tensor slot_map_base, Tensor maps, int batch_size, int embedding_dim, bool mean) -> Tensor");
+  m.def(
+      "tier_lookup_keys(Tensor ids, Tensor lengths, Tensor? weights, Tensor features, Tensor dense, "
+      "Tensor run_starts, Tensor run_deltas, Tensor run_directory, Tensor boundaries, Tensor slot_of, "
+      "Tensor[] tables, Tensor map_base, Tensor map_stride, Tensor slot_map_base, Tensor maps, int batch_size, "
+      "int embedding_dim, bool mean) -> Tensor[]");
 }
 
-TORCH_LIBRARY_IMPL(recdim, CPU, m) { m.impl("tier_lookup", &tier_lookup); }
+TORCH_LIBRARY_IMPL(recdim, CPU, m) {
+  m.impl("tier_lookup", &tier_lookup);
+  m.impl("tier_lookup_keys", &tier_lookup_keys);
+}
