@@ -41,6 +41,17 @@ class FusedTierTables:
     eps: float
     kernels: List[nn.Module]
 
+    def is_current(self) -> bool:
+        """Whether the views still look at the kernels' storage (a kernel whose buffers were replaced, e.g.
+        by loading a state that reallocates them, needs the tables found again)."""
+        return self._storage() == self.storage
+
+    def _storage(self) -> List[int]:
+        return kernel_storage(self.kernels)
+
+    def __post_init__(self) -> None:
+        self.storage = self._storage()
+
     def learning_rates(self) -> torch.Tensor:
         """[T] float64 current learning rate of each slot's kernel."""
         rate: Dict[int, float] = {}
@@ -48,6 +59,31 @@ class FusedTierTables:
             if id(k) not in rate:
                 rate[id(k)] = float(k.get_learning_rate())
         return torch.tensor([rate[id(k)] for k in self.kernels], dtype=torch.float64)
+
+
+_BUFFERS = ("weights_host", "weights_dev", "weights_uvm", "momentum1_host", "momentum1_dev")
+
+
+def kernel_storage(kernels: Sequence[nn.Module]) -> List[int]:
+    """Addresses of the weight and optimizer-state buffers of FBGEMM kernels: views into them stay valid while
+    these are unchanged."""
+    seen: Dict[int, List[int]] = {}
+    for k in kernels:
+        if id(k) not in seen:
+            seen[id(k)] = [
+                getattr(k, name).data_ptr() for name in _BUFFERS if isinstance(getattr(k, name, None), torch.Tensor)
+            ]
+    return [p for ptrs in seen.values() for p in ptrs]
+
+
+def collection_kernels(ebc: nn.Module) -> List[nn.Module]:
+    """The FBGEMM kernels of a sharded collection's lookups in this process."""
+    return [
+        m._emb_module
+        for lookup in getattr(ebc, "_lookups", [])
+        for m in getattr(lookup, "_emb_modules", [])
+        if hasattr(m, "_emb_module")
+    ]
 
 
 def fused_tier_tables(ebc: nn.Module, names: Sequence[str]) -> Optional[FusedTierTables]:

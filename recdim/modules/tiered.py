@@ -38,7 +38,13 @@ from recdim.modules.provider import EmbeddingProvider
 from recdim.modules.remap import TierRemap
 from recdim.modules.tier_router import TierRouter
 from recdim.modules.tier_scatter import TierScatter
-from recdim.modules.tier_training import FusedTierTables, fused_tier_tables, one_pass_train
+from recdim.modules.tier_training import (
+    FusedTierTables,
+    collection_kernels,
+    fused_tier_tables,
+    kernel_storage,
+    one_pass_train,
+)
 from recdim.native import native_ops_available
 
 
@@ -110,7 +116,7 @@ class TieredEmbeddingProvider(EmbeddingProvider):
         # The scatter holds its own narrow copy of the column maps; the routing's int32 maps are not kept.
         self.routing = dataclasses.replace(self.routing, maps={})
         self._columns: Optional[Tuple[Tuple[str, ...], List[int]]] = None
-        self._local: Optional[Tuple[nn.Module, Optional[List[torch.Tensor]]]] = None
+        self._local: Optional[Tuple[nn.Module, List[int], Optional[List[torch.Tensor]]]] = None
         self._training: Optional[Tuple[nn.Module, Optional[FusedTierTables]]] = None
 
     @classmethod
@@ -181,7 +187,8 @@ class TieredEmbeddingProvider(EmbeddingProvider):
         """Every slot's whole tier table in this process, in slot order, when the one-pass lookup
         (``torch.ops.recdim.tier_lookup``) may serve this call; else None.
 
-        It may when no gradient is wanted (``torch.no_grad()``, or unsharded tables that do not require one),
+        It may when no gradient is wanted (``torch.no_grad()``, :meth:`frozen_tables`, or unsharded tables that
+        do not require one),
         on the CPU with the native kernels, and every tier table is whole here: unsharded, or sharded into this
         one process (DistributedModelParallel with one rank; its fused tables are read in place).
         """
@@ -189,14 +196,16 @@ class TieredEmbeddingProvider(EmbeddingProvider):
             return None
         if isinstance(self.ebc, EmbeddingBagCollection):
             tables = [self.ebc.embedding_bags[name].weight for name in self._slot_tables]
-            if torch.is_grad_enabled() and any(t.requires_grad for t in tables):
+            if torch.is_grad_enabled() and not self._tables_frozen and any(t.requires_grad for t in tables):
                 return None
             return [t.detach() for t in tables] if all(t.dtype == torch.float32 for t in tables) else None
-        if torch.is_grad_enabled():
+        if torch.is_grad_enabled() and not self._tables_frozen:
             return None
-        if self._local is None or self._local[0] is not self.ebc:
-            self._local = (self.ebc, local_tables(self.ebc, self._slot_tables))
-        return self._local[1]
+        # Views into the kernels' buffers, found again whenever a buffer was replaced.
+        storage = kernel_storage(collection_kernels(self.ebc))
+        if self._local is None or self._local[0] is not self.ebc or self._local[1] != storage:
+            self._local = (self.ebc, storage, local_tables(self.ebc, self._slot_tables))
+        return self._local[2]
 
     def _training_tables(self, lengths: torch.Tensor) -> Optional[FusedTierTables]:
         """The tier tables of this one process's fused kernels when a training call may take the one-pass
@@ -204,12 +213,13 @@ class TieredEmbeddingProvider(EmbeddingProvider):
         if (
             self.ebc is None
             or not torch.is_grad_enabled()
+            or self._tables_frozen
             or isinstance(self.ebc, EmbeddingBagCollection)
             or lengths.device.type != "cpu"
             or not native_ops_available()
         ):
             return None
-        if self._training is None or self._training[0] is not self.ebc:
+        if self._training is None or self._training[0] is not self.ebc or not self._current(self._training[1]):
             self._training = (self.ebc, fused_tier_tables(self.ebc, self._slot_tables))
         return self._training[1]
 
@@ -218,6 +228,10 @@ class TieredEmbeddingProvider(EmbeddingProvider):
         whole in this process)."""
         with torch.no_grad():
             return self._fused_tables(torch.zeros(0, dtype=torch.int32)) is not None
+
+    @staticmethod
+    def _current(tables: Optional[FusedTierTables]) -> bool:
+        return tables is None or tables.is_current()
 
     def one_pass_training_available(self) -> bool:
         """Whether a training call (grad enabled, CPU) takes the one-pass lookup with its in-place update
