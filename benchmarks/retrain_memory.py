@@ -11,7 +11,11 @@ the fused row-wise Adagrad, ``--steps`` training steps on Zipf-distributed ids. 
 
 ``model_rss_bytes`` is the peak RSS while the model is built and trained minus the RSS just before: plans
 (and their masks) are built first and the peak is reset after them (Linux ``clear_refs``;
-``model_rss_outside_plans`` says whether the reset took).
+``model_rss_outside_plans`` says whether the reset took). Memory is measured in a second fresh process whose
+allocator maps every allocation above ``MMAP_THRESHOLD`` on its own (glibc ``MALLOC_MMAP_THRESHOLD_``), so the
+RSS follows live memory instead of the heap the allocator keeps from earlier steps (which depends on the
+order of allocations more than on the model); ``*_heap_allocator`` are the same figures from the timed
+process, with the default allocator. ``step_ms`` comes from the timed process.
 
 Example::
 
@@ -33,6 +37,8 @@ from pathlib import Path
 from typing import List
 
 HERE = Path(__file__).resolve().parent
+MMAP_THRESHOLD = 128 * 1024
+"""Allocations above this many bytes are mapped on their own in the memory-measuring process."""
 
 
 def _rss() -> int:
@@ -171,10 +177,23 @@ def main(argv: List[str] | None = None) -> None:
             "--steps",
             str(args.steps),
         ]
-        proc = subprocess.run(cmd, capture_output=True, text=True, env=dict(os.environ, OMP_NUM_THREADS="1"))
-        if proc.returncode:
-            raise RuntimeError(f"{provider} {rate} failed:\n{proc.stderr[-3000:]}")
-        row = json.loads([line for line in proc.stdout.splitlines() if line.startswith("{")][-1])
+        # Two fresh processes: one timed with the default allocator, one measuring memory with every large
+        # allocation mapped and unmapped on its own, so that the RSS follows the live memory rather than
+        # what the allocator's heap kept from earlier steps.
+        rows = []
+        for env in ({}, {"MALLOC_MMAP_THRESHOLD_": str(MMAP_THRESHOLD)}):
+            proc = subprocess.run(cmd, capture_output=True, text=True, env=dict(os.environ, OMP_NUM_THREADS="1", **env))
+            if proc.returncode:
+                raise RuntimeError(f"{provider} {rate} failed:\n{proc.stderr[-3000:]}")
+            rows.append(json.loads([line for line in proc.stdout.splitlines() if line.startswith("{")][-1]))
+        row, memory = rows
+        row.update(
+            model_rss_bytes_heap_allocator=row["model_rss_bytes"],
+            peak_rss_bytes_heap_allocator=row["peak_rss_bytes"],
+            model_rss_bytes=memory["model_rss_bytes"],
+            peak_rss_bytes=memory["peak_rss_bytes"],
+            mmap_threshold=MMAP_THRESHOLD,
+        )
         with open(args.out, "a") as fh:
             fh.write(json.dumps(row) + "\n")
         print(
