@@ -35,7 +35,7 @@ def make_masks(seed: int = 0) -> Dict[str, torch.Tensor]:
         m[u < 0.2] = False
         masks[f] = m
     masks["c"] = torch.zeros(SIZES["c"], K, dtype=torch.bool)
-    masks["c"][:10, :7], masks["c"][10:30, :3], masks["c"][30:45, 5:] = True, True, True
+    masks["c"][:10, :7], masks["c"][10:30, :4], masks["c"][30:45, 5:] = True, True, True  # [0, 4): identity map
     masks["d"] = torch.zeros(SIZES["d"], K, dtype=torch.bool)
     return masks
 

@@ -37,7 +37,8 @@ inline void prefetch_bytes(const void* p, int64_t bytes) {
   for (int64_t off = 0; off < bytes; off += 64) __builtin_prefetch(c + off, 0, 1);
 }
 
-// One id as the lookup reads it: its tier row and map row (nullptr: dropped), its width and weight.
+// One id as the lookup reads it: its tier row and map row (nullptr: dropped), its width (negative: the map is
+// the identity prefix [0, w), as for frequency blocks) and weight.
 template <typename M>
 struct IdRef {
   const float* values;
@@ -45,6 +46,21 @@ struct IdRef {
   int32_t width;
   float weight;
 };
+
+// Slots whose rows share one map that is the identity prefix [0, w): their values are added as contiguous runs.
+template <typename M>
+std::vector<char> identity_slots(int64_t T, const std::vector<int64_t>& width, const int64_t* map_base,
+                                 const int64_t* map_stride, const int64_t* slot_map_base, const M* maps) {
+  std::vector<char> out(static_cast<size_t>(T), 0);
+  for (int64_t k = 0; k < T; ++k) {
+    if (map_stride[k] != 0) continue;
+    const M* m = maps + slot_map_base[k] + map_base[k] * width[k];
+    bool same = true;
+    for (int64_t j = 0; j < width[k] && same; ++j) same = static_cast<int64_t>(m[j]) == j;
+    out[k] = same;
+  }
+  return out;
+}
 
 // One feature's remap: kind (1: runs, 0: dense), id offset, ids, first and end run, and the offset of its
 // block directory: the run holding the first id of every block of kRunBlock ids, then its last run
@@ -63,6 +79,8 @@ void lookup_impl(const I* ids, const int64_t* offsets, const int64_t* out_offset
                  const int64_t* slot_map_base, const M* maps, int64_t F, int64_t B, int64_t K, bool mean,
                  float* out, const int64_t* row_offset, int32_t* keys, float* key_weights) {
   const int64_t Q = E - 2, n = offsets[F * B];
+  const std::vector<char> identity = identity_slots(static_cast<int64_t>(width.size()), width, map_base, map_stride,
+                                                    slot_map_base, maps);
   // Reused across calls (per calling thread): a fresh buffer would be zeroed and page-faulted every batch.
   static thread_local std::vector<IdRef<M>> ref;
   if (ref.size() < static_cast<size_t>(n)) ref.resize(static_cast<size_t>(n));
@@ -129,7 +147,7 @@ void lookup_impl(const I* ids, const int64_t* offsets, const int64_t* out_offset
           const int64_t local = v - b_f[q], w = width[k];
           if (key_dst != nullptr) key_dst[i] = static_cast<int32_t>(row_offset[k] + local);
           dst[i] = {table[k] + local * row_stride[k],
-                    maps + slot_map_base[k] + (map_base[k] + map_stride[k] * local) * w, static_cast<int32_t>(w), wt};
+                    maps + slot_map_base[k] + (map_base[k] + map_stride[k] * local) * w, static_cast<int32_t>(identity[k] ? -w : w), wt};
         }
       }
     }
@@ -147,13 +165,18 @@ void lookup_impl(const I* ids, const int64_t* offsets, const int64_t* out_offset
         if (i + kLookAhead < last) {
           const IdRef<M>& ahead = ref[i + kLookAhead];
           if (ahead.values != nullptr) {
-            prefetch_bytes(ahead.values, ahead.width * static_cast<int64_t>(sizeof(float)));
-            prefetch_bytes(ahead.map, ahead.width * static_cast<int64_t>(sizeof(M)));
+            const int64_t aw = ahead.width < 0 ? -ahead.width : ahead.width;
+            prefetch_bytes(ahead.values, aw * static_cast<int64_t>(sizeof(float)));
+            if (ahead.width > 0) prefetch_bytes(ahead.map, aw * static_cast<int64_t>(sizeof(M)));
           }
         }
         const IdRef<M>& a = ref[i];
         if (a.values == nullptr) continue;
         const float wt = a.weight;
+        if (a.width < 0) {
+          for (int64_t j = 0; j < -a.width; ++j) o[j] += wt * a.values[j];
+          continue;
+        }
         for (int64_t j = 0; j < a.width; ++j) {
           const int c = static_cast<int>(a.map[j]);
           if (c >= 0) o[c] += wt * a.values[j];

@@ -73,6 +73,15 @@ void update_impl(const float* grad, int64_t K, const int32_t* keys, const std::v
                  const M* maps) {
   const int64_t m = static_cast<int64_t>(order.size());
   std::vector<float> acc(static_cast<size_t>(K));
+  // Slots whose rows share the identity prefix map [0, w): gradients are read as contiguous runs.
+  std::vector<char> identity(static_cast<size_t>(T), 0);
+  for (int64_t s = 0; s < T; ++s) {
+    if (map_stride[s] != 0) continue;
+    const M* mp = maps + slot_map_base[s] + map_base[s] * width[s];
+    bool same = true;
+    for (int64_t c = 0; c < width[s] && same; ++c) same = static_cast<int64_t>(mp[c]) == c;
+    identity[s] = same;
+  }
   int64_t k = 0;
   for (int64_t p = 0; p < m;) {
     const int32_t key = keys[order[p]];
@@ -95,6 +104,10 @@ void update_impl(const float* grad, int64_t K, const int32_t* keys, const std::v
       const int32_t j = order[q];
       const float* g = grad + static_cast<int64_t>(out_row[j]) * K;
       const float s = scale[j];
+      if (identity[k]) {
+        for (int64_t c = 0; c < w; ++c) acc[c] += s * g[c];
+        continue;
+      }
       for (int64_t c = 0; c < w; ++c) {
         const int col = static_cast<int>(map[c]);
         if (col >= 0) acc[c] += s * g[col];
