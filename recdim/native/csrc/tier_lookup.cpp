@@ -25,7 +25,33 @@
 #include <xmmintrin.h>
 #endif
 
+namespace recdim_native {
+
+// Slots whose rows share one map that is the identity prefix [0, w): their values are added as contiguous runs.
+template <typename M>
+std::vector<char> identity_slots(int64_t T, const std::vector<int64_t>& width, const int64_t* map_base,
+                                 const int64_t* map_stride, const int64_t* slot_map_base, const M* maps) {
+  std::vector<char> out(static_cast<size_t>(T), 0);
+  for (int64_t k = 0; k < T; ++k) {
+    if (map_stride[k] != 0) continue;
+    const M* m = maps + slot_map_base[k] + map_base[k] * width[k];
+    bool same = true;
+    for (int64_t j = 0; j < width[k] && same; ++j) same = static_cast<int64_t>(m[j]) == j;
+    out[k] = same;
+  }
+  return out;
+}
+
+template std::vector<char> identity_slots<int8_t>(int64_t, const std::vector<int64_t>&, const int64_t*,
+                                                  const int64_t*, const int64_t*, const int8_t*);
+template std::vector<char> identity_slots<int16_t>(int64_t, const std::vector<int64_t>&, const int64_t*,
+                                                   const int64_t*, const int64_t*, const int16_t*);
+
+}  // namespace recdim_native
+
 namespace {
+
+using recdim_native::identity_slots;
 
 // Ids ahead (in output order) whose tier rows and maps are prefetched.
 constexpr int64_t kLookAhead = 16;
@@ -46,21 +72,6 @@ struct IdRef {
   int32_t width;
   float weight;
 };
-
-// Slots whose rows share one map that is the identity prefix [0, w): their values are added as contiguous runs.
-template <typename M>
-std::vector<char> identity_slots(int64_t T, const std::vector<int64_t>& width, const int64_t* map_base,
-                                 const int64_t* map_stride, const int64_t* slot_map_base, const M* maps) {
-  std::vector<char> out(static_cast<size_t>(T), 0);
-  for (int64_t k = 0; k < T; ++k) {
-    if (map_stride[k] != 0) continue;
-    const M* m = maps + slot_map_base[k] + map_base[k] * width[k];
-    bool same = true;
-    for (int64_t j = 0; j < width[k] && same; ++j) same = static_cast<int64_t>(m[j]) == j;
-    out[k] = same;
-  }
-  return out;
-}
 
 // One feature's remap: kind (1: runs, 0: dense), id offset, ids, first and end run, and the offset of its
 // block directory: the run holding the first id of every block of kRunBlock ids, then its last run

@@ -22,7 +22,18 @@
 #include <cstring>
 #include <vector>
 
+namespace recdim_native {
+
+// Defined in tier_lookup.cpp (int8 and int16 maps).
+template <typename M>
+std::vector<char> identity_slots(int64_t T, const std::vector<int64_t>& width, const int64_t* map_base,
+                                 const int64_t* map_stride, const int64_t* slot_map_base, const M* maps);
+
+}  // namespace recdim_native
+
 namespace {
+
+using recdim_native::identity_slots;
 
 constexpr int64_t kUpdateAhead = 8;
 constexpr int kRadixBits = 11;
@@ -74,14 +85,7 @@ void update_impl(const float* grad, int64_t K, const int32_t* keys, const std::v
   const int64_t m = static_cast<int64_t>(order.size());
   std::vector<float> acc(static_cast<size_t>(K));
   // Slots whose rows share the identity prefix map [0, w): gradients are read as contiguous runs.
-  std::vector<char> identity(static_cast<size_t>(T), 0);
-  for (int64_t s = 0; s < T; ++s) {
-    if (map_stride[s] != 0) continue;
-    const M* mp = maps + slot_map_base[s] + map_base[s] * width[s];
-    bool same = true;
-    for (int64_t c = 0; c < width[s] && same; ++c) same = static_cast<int64_t>(mp[c]) == c;
-    identity[s] = same;
-  }
+  const std::vector<char> identity = identity_slots(T, width, map_base, map_stride, slot_map_base, maps);
   int64_t k = 0;
   for (int64_t p = 0; p < m;) {
     const int32_t key = keys[order[p]];
