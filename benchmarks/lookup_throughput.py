@@ -283,7 +283,7 @@ def main() -> None:
                 plan_s = time.perf_counter() - t0
                 provider = TieredEmbeddingProvider(plans, device=torch.device("meta"))
                 tiered = shard_model(Net(provider), cfg, ctx)
-                one_pass = provider.one_pass_available() and provider.one_pass_training_available()
+                one_pass = {"fwd": provider.one_pass_available(), "fwd_bwd": provider.one_pass_training_available()}
                 ideal = IdealTBE(provider)
                 routed = [IdealTBE.route(provider, b) for b in batches]
                 costs = [lookup_cost(b, plans, K) for b in measured]
@@ -339,7 +339,9 @@ def main() -> None:
                         if kind != "uniform":
                             row.update(tier_info, bytes_by_kind=per_kind)
                         if kind == "tiered":
-                            row["lookup"] = ("one_pass_train" if back else "one_pass") if one_pass else "routed"
+                            row["lookup"] = (
+                                {"fwd": "one_pass", "fwd_bwd": "one_pass_train"}[mode] if one_pass[mode] else "routed"
+                            )
                         if kind != "ideal":
                             r = uniform_read if kind == "uniform" else read
                             row.update(effective_gb_per_s=r / sec / 1e9, effective_gb_per_cpu_s=r / cpu / 1e9)

@@ -26,7 +26,6 @@ from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import torch
 from torch import nn
-from torch.distributed._shard.sharded_tensor import ShardedTensor
 from torchrec.modules.embedding_modules import EmbeddingBagCollection
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor, KeyedTensor
 
@@ -38,13 +37,7 @@ from recdim.modules.provider import EmbeddingProvider
 from recdim.modules.remap import TierRemap
 from recdim.modules.tier_router import TierRouter
 from recdim.modules.tier_scatter import TierScatter
-from recdim.modules.tier_training import (
-    FusedTierTables,
-    collection_kernels,
-    fused_tier_tables,
-    kernel_storage,
-    one_pass_train,
-)
+from recdim.modules.tier_training import KernelTables, kernel_tables, one_pass_train
 from recdim.native import native_ops_available
 
 
@@ -116,8 +109,7 @@ class TieredEmbeddingProvider(EmbeddingProvider):
         # The scatter holds its own narrow copy of the column maps; the routing's int32 maps are not kept.
         self.routing = dataclasses.replace(self.routing, maps={})
         self._columns: Optional[Tuple[Tuple[str, ...], List[int]]] = None
-        self._local: Optional[Tuple[nn.Module, List[int], Optional[List[torch.Tensor]]]] = None
-        self._training: Optional[Tuple[nn.Module, Optional[FusedTierTables]]] = None
+        self._kernels: Optional[Tuple[nn.Module, Optional[KernelTables]]] = None
 
     @classmethod
     def from_masked_weights(
@@ -183,61 +175,59 @@ class TieredEmbeddingProvider(EmbeddingProvider):
             self._columns = (keys, [start[k] for k in self.router.keys])
         return self._columns[1]
 
-    def _fused_tables(self, lengths: torch.Tensor) -> Optional[List[torch.Tensor]]:
-        """Every slot's whole tier table in this process, in slot order, when the one-pass lookup
+    def _kernel_tables(self) -> Optional[KernelTables]:
+        """The tier tables of a sharded collection read in place from this one process's fused kernels
+        (found again whenever the collection or a kernel's buffers change), or None."""
+        cached = self._kernels
+        if cached is None or cached[0] is not self.ebc or (cached[1] is not None and not cached[1].is_current()):
+            cached = self._kernels = (self.ebc, kernel_tables(self.ebc, self._slot_tables))
+        return cached[1]
+
+    def _fused_tables(self, device: torch.device) -> Optional[List[torch.Tensor]]:
+        """Every slot's whole tier table in this process, in slot order, when the one-pass no-grad lookup
         (``torch.ops.recdim.tier_lookup``) may serve this call; else None.
 
         It may when no gradient is wanted (``torch.no_grad()``, :meth:`frozen_tables`, or unsharded tables that
-        do not require one),
-        on the CPU with the native kernels, and every tier table is whole here: unsharded, or sharded into this
-        one process (DistributedModelParallel with one rank; its fused tables are read in place).
+        do not require one), on the CPU with the native kernels, and every tier table is whole here: unsharded,
+        or in the fused kernels of DistributedModelParallel with one rank (read in place).
         """
-        if self.ebc is None or lengths.device.type != "cpu" or not native_ops_available():
+        if self.ebc is None or device.type != "cpu" or not native_ops_available():
             return None
+        no_grad = not torch.is_grad_enabled() or self._tables_frozen
         if isinstance(self.ebc, EmbeddingBagCollection):
             tables = [self.ebc.embedding_bags[name].weight for name in self._slot_tables]
-            if torch.is_grad_enabled() and not self._tables_frozen and any(t.requires_grad for t in tables):
+            if not no_grad and any(t.requires_grad for t in tables):
                 return None
             return [t.detach() for t in tables] if all(t.dtype == torch.float32 for t in tables) else None
-        if torch.is_grad_enabled() and not self._tables_frozen:
-            return None
-        # Views into the kernels' buffers, found again whenever a buffer was replaced.
-        storage = kernel_storage(collection_kernels(self.ebc))
-        if self._local is None or self._local[0] is not self.ebc or self._local[1] != storage:
-            self._local = (self.ebc, storage, local_tables(self.ebc, self._slot_tables))
-        return self._local[2]
+        found = self._kernel_tables() if no_grad else None
+        return found.weights if found is not None else None
 
-    def _training_tables(self, lengths: torch.Tensor) -> Optional[FusedTierTables]:
+    def _training_tables(self, device: torch.device) -> Optional[KernelTables]:
         """The tier tables of this one process's fused kernels when a training call may take the one-pass
-        lookup with an in-place update (:mod:`recdim.modules.tier_training`); else None."""
+        lookup with its in-place update (:mod:`recdim.modules.tier_training`); else None."""
         if (
             self.ebc is None
             or not torch.is_grad_enabled()
             or self._tables_frozen
             or isinstance(self.ebc, EmbeddingBagCollection)
-            or lengths.device.type != "cpu"
+            or device.type != "cpu"
             or not native_ops_available()
         ):
             return None
-        if self._training is None or self._training[0] is not self.ebc or not self._current(self._training[1]):
-            self._training = (self.ebc, fused_tier_tables(self.ebc, self._slot_tables))
-        return self._training[1]
+        found = self._kernel_tables()
+        return found if found is not None and found.optimizer is not None else None
 
     def one_pass_available(self) -> bool:
         """Whether a no-grad CPU call takes the one-pass lookup here (native kernels built, every tier table
         whole in this process)."""
         with torch.no_grad():
-            return self._fused_tables(torch.zeros(0, dtype=torch.int32)) is not None
-
-    @staticmethod
-    def _current(tables: Optional[FusedTierTables]) -> bool:
-        return tables is None or tables.is_current()
+            return self._fused_tables(torch.device("cpu")) is not None
 
     def one_pass_training_available(self) -> bool:
         """Whether a training call (grad enabled, CPU) takes the one-pass lookup with its in-place update
         (:mod:`recdim.modules.tier_training`) here."""
         with torch.enable_grad():
-            return self._training_tables(torch.zeros(0, dtype=torch.int32)) is not None
+            return self._training_tables(torch.device("cpu")) is not None
 
     def forward(self, features: KeyedJaggedTensor) -> KeyedTensor:
         names = self._feature_names
@@ -247,12 +237,13 @@ class TieredEmbeddingProvider(EmbeddingProvider):
         weights = features.weights_or_none() if self.is_weighted else None
         if self.is_weighted and weights is None:
             raise ValueError("this provider is weighted: the KJT needs per-value weights")
-        fused = self._fused_tables(lengths)
-        training = self._training_tables(lengths) if fused is None else None
+        fused = self._fused_tables(lengths.device)
+        training = self._training_tables(lengths.device) if fused is None else None
         if self.ebc is None:
             out = torch.zeros(B, F * K, device=lengths.device)
         elif fused is not None or training is not None:
             remap, router, scatter = self.remap, self.router, self.scatter
+            maps = (router.map_base, router.map_stride, scatter.slot_map_base, scatter.flat_maps)
             lookup = (
                 features.values(),
                 lengths,
@@ -265,10 +256,7 @@ class TieredEmbeddingProvider(EmbeddingProvider):
                 router.boundaries,
                 router.slot_of,
                 fused if training is None else training.weights,
-                router.map_base,
-                router.map_stride,
-                scatter.slot_map_base,
-                scatter.flat_maps,
+                *maps,
                 B,
                 K,
                 self.pooling == "mean",
@@ -276,7 +264,7 @@ class TieredEmbeddingProvider(EmbeddingProvider):
             if training is None:
                 out = torch.ops.recdim.tier_lookup(*lookup)
             else:
-                out = one_pass_train(training, lookup, self.pooling == "mean")
+                out = one_pass_train(training, lookup, maps, self.pooling == "mean")
             return KeyedTensor(keys=names, length_per_key=[K] * F, values=out.view(B, F * K))
         else:
             rows = self.remap(features.values(), features.length_per_key())
@@ -291,35 +279,6 @@ class TieredEmbeddingProvider(EmbeddingProvider):
                 B, F * K
             )
         return KeyedTensor(keys=names, length_per_key=[K] * F, values=out)
-
-
-def local_tables(ebc: nn.Module, keys: Sequence[str]) -> Optional[List[torch.Tensor]]:
-    """The tables ``keys`` of a sharded collection as whole float32 tensors in this process, viewing its
-    storage (a fused kernel's weights are read in place), or None when some table is not whole here.
-
-    Args:
-        ebc: a (sharded) EmbeddingBagCollection.
-        keys: table names, in the order wanted.
-
-    Example::
-
-        tables = local_tables(dmp.module.provider.ebc, ["t_user__tier0", "t_user__tier1"])   # one rank
-    """
-    found: Dict[str, torch.Tensor] = {}
-    for key, value in ebc.state_dict().items():
-        if not key.startswith("embedding_bags.") or not key.endswith(".weight"):
-            continue
-        name = key[len("embedding_bags.") : -len(".weight")]
-        if isinstance(value, ShardedTensor):
-            shards = value.local_shards()
-            if len(shards) != 1 or list(shards[0].metadata.shard_sizes) != list(value.metadata().size):
-                return None
-            value = shards[0].tensor
-        found[name] = value
-    tables = [found.get(k) for k in keys]
-    if any(t is None or t.dtype != torch.float32 or t.device.type != "cpu" for t in tables):
-        return None
-    return tables  # type: ignore[return-value]
 
 
 def tiered_provider_factory(

@@ -8,7 +8,7 @@ import pytest
 import torch
 from torchrec import KeyedJaggedTensor
 
-from recdim.modules.tier_training import fused_tier_tables
+from recdim.modules.tier_training import kernel_tables
 from recdim.modules.tiered import TieredEmbeddingProvider
 from recdim.native import native_ops_available
 from recdim.prune.planner import PlannerConfig, plan_tables
@@ -75,7 +75,7 @@ def test_fused_rejects_bad_input():
     provider = TieredEmbeddingProvider.from_masked_weights(plans, weights, MULTI)
     kjt = to_kjt(make_bags(4, seed=1), range(4))
     with torch.no_grad():
-        tables = provider._fused_tables(kjt.lengths())
+        tables = provider._fused_tables(kjt.lengths().device)
     assert tables is not None
     r = provider.remap
     remap = (
@@ -133,7 +133,7 @@ def _train(rank, world, native, optimizer, pooling, weighted):
         outs.append(out.detach())
     with torch.no_grad():
         outs.append(dmp(to_kjt(make_bags(16, seed=30), range(16), weighted)))
-    fused = fused_tier_tables(provider.ebc, provider._slot_tables)
+    fused = kernel_tables(provider.ebc, provider._slot_tables)
     assert fused is not None
     return (
         outs,
@@ -181,7 +181,7 @@ def _one_rank(rank, world):
     routed = dmp(kjt).detach()  # grad enabled: the routed path through the fused training kernels
     provider = dmp.module.provider
     with torch.no_grad():
-        tables = provider._fused_tables(kjt.lengths().clone())
+        tables = provider._fused_tables(kjt.lengths().device)
         calls = _count_calls(provider.ebc)
         fused = dmp(kjt)
     assert not calls
